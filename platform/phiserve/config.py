@@ -1,0 +1,136 @@
+"""All runtime settings of phiserve, in one place.
+
+Every field is read from the environment with the prefix ``PHISERVE_`` (for example
+``PHISERVE_PORT=8080``), so ``make serve``, the container image and the Helm chart run the same
+command with different environments. Tracing is configured by the standard ``OTEL_*`` variables,
+not here.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, PositiveInt, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KeyProviderName = Literal["local", "aws-kms", "vault-transit"]
+ExecutionProvider = Literal["auto", "cuda", "cpu"]
+
+
+class BatchingSettings(BaseModel):
+    """Dynamic batching of one model (Triton's dynamic_batching, in milliseconds)."""
+
+    enabled: bool = True
+    max_batch_size: PositiveInt = 32
+    max_queue_delay_ms: float = Field(default=1.0, ge=0, le=1000)
+    # Requests waiting beyond this many are refused with 503 + Retry-After, never queued.
+    max_queue_size: PositiveInt = 512
+
+
+class Settings(BaseSettings):
+    """phiserve settings; environment prefix ``PHISERVE_``; nested values are JSON."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PHISERVE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    # --- process -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    home: Path = Field(
+        default=Path(".phiserve"), description="State folder for keys, models and audit."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Seconds that SIGTERM waits for in-flight requests; the chart's grace period is longer.
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # --- model repository and keys -------------------------------------------------------------
+    model_repository: Path | None = None
+    key_provider: KeyProviderName = "local"
+    local_kek_file: Path | None = None
+    aws_kms_key_id: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    vault_addr: str | None = None
+    vault_token: SecretStr | None = None
+    vault_transit_mount: str = "transit"
+    vault_transit_key: str = "phiserve"
+    # Model name -> version served when a request names none; absent models serve their latest.
+    pinned_versions: dict[str, PositiveInt] = Field(default_factory=dict)
+
+    # --- runtime -------------------------------------------------------------------------------
+    execution_provider: ExecutionProvider = "auto"
+    intra_op_threads: int = Field(default=0, ge=0, description="0 lets onnxruntime decide.")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    # Per-model overrides of ``batching``, e.g. {"chest-xray": {"max_batch_size": 8}}.
+    model_batching: dict[str, BatchingSettings] = Field(default_factory=dict)
+    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    # --- identity ------------------------------------------------------------------------------
+    auth_enabled: bool = True
+    oidc_issuer: str = "https://phiserve.local/dev"
+    oidc_audience: str = "phiserve"
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    dev_signing_key: Path | None = None
+
+    # --- audit ---------------------------------------------------------------------------------
+    audit_enabled: bool = True
+    audit_dir: Path | None = None
+    audit_segment_max_bytes: PositiveInt = 64 * 1024 * 1024
+    audit_segment_max_age_s: PositiveInt = 3600
+    audit_stdout: bool = False
+
+    # --- telemetry -----------------------------------------------------------------------------
+    metrics_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.key_provider == "aws-kms" and not self.aws_kms_key_id:
+            raise ValueError("key_provider 'aws-kms' needs PHISERVE_AWS_KMS_KEY_ID")
+        if self.key_provider == "vault-transit" and not self.vault_addr:
+            raise ValueError("key_provider 'vault-transit' needs PHISERVE_VAULT_ADDR")
+        if self.auth_enabled and self.jwks_url and self.jwks_file:
+            raise ValueError("set one of jwks_file and jwks_url, not both")
+        bad = set(self.jwt_algorithms) - {"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"}
+        if bad:
+            raise ValueError(f"unsupported JWT algorithms: {sorted(bad)}")
+        return self
+
+    # Derived paths: dev defaults live under ``home`` so one folder holds all local state.
+    @cached_property
+    def repository_dir(self) -> Path:
+        """Root of the encrypted model repository."""
+        return self.model_repository or self.home / "models"
+
+    @cached_property
+    def kek_file(self) -> Path:
+        """Key file of the ``local`` key provider."""
+        return self.local_kek_file or self.home / "keys" / "kek.json"
+
+    @cached_property
+    def audit_path(self) -> Path:
+        """Folder of encrypted audit segments."""
+        return self.audit_dir or self.home / "audit"
+
+    @cached_property
+    def signing_key_file(self) -> Path:
+        """Private key that ``phiserve token issue`` signs dev tokens with."""
+        return self.dev_signing_key or self.home / "keys" / "dev-signing-key.pem"
+
+    @cached_property
+    def jwks_path(self) -> Path:
+        """JWKS file used when no JWKS URL is configured."""
+        return self.jwks_file or self.home / "keys" / "jwks.json"
+
+    def batching_for(self, model: str) -> BatchingSettings:
+        """Batching settings of one model: its override, or the default."""
+        return self.model_batching.get(model, self.batching)
