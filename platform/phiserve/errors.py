@@ -7,7 +7,11 @@ headers, tokens or tensor values, so they are safe to log, trace and return.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from starlette.types import Send
 
 
 class PhiserveError(Exception):
@@ -102,3 +106,26 @@ class AuditUnavailable(PhiserveError):
 
     def __init__(self, message: str = "audit trail unavailable; request refused") -> None:
         super().__init__(message, headers={"Retry-After": "5"})
+
+
+# --- the one place that turns errors into HTTP responses ---------------------------------------
+def error_body(exc: BaseException) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and V2 error body for any exception; unknown ones become an opaque 500."""
+    if isinstance(exc, PhiserveError):
+        status, headers, message = exc.status, exc.headers, exc.message
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": 'Bearer realm="phiserve"', **headers}
+    else:
+        # A real bug: its message may hold anything, so it is neither returned nor echoed.
+        status, headers, message = 500, {}, "internal error"
+    body = json.dumps({"error": message}).encode()
+    return status, headers, body
+
+
+async def send_error(send: Send, exc: BaseException) -> None:
+    """Send ``exc`` as a complete V2 error response on an ASGI ``send`` channel."""
+    status, headers, body = error_body(exc)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,72 @@
+# The verbs a person types. Every target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TOOLS  := .tools
+export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
+
+.PHONY: help setup tools serve test lint format bench bench-crypto chart-check tf-check \
+        loadtest demo soak helm-values clean
+
+help: ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[export,aws,vault,loadtest,dev]'
+	touch $@
+
+setup: $(STAMP) ## create the virtual environment (once)
+
+tools: ## install helm 3 and 4, checkov (own venv), check terraform
+	bash tools/install-tools.sh
+
+serve: setup ## prepare dev keys and example models, then serve on 127.0.0.1:3000
+	$(BIN)/phiserve dev init
+	$(BIN)/phiserve serve
+
+test: setup tools ## run every test
+	$(BIN)/pytest
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## phiserve vs MLServer vs a bare floor, and the cost of each feature
+	$(BIN)/python -m benchmarks.serving
+
+bench-crypto: setup ## decrypt-and-load vs plaintext load of a 100 MB model
+	$(BIN)/python -m benchmarks.crypto
+
+chart-check: setup tools ## helm lint, template, kubernetes-validate, checkov on the chart
+	$(BIN)/pytest tests/helm
+
+tf-check: setup tools ## terraform fmt/validate and checkov on terraform/
+	$(BIN)/pytest tests/terraform
+
+loadtest: setup ## locust against a running server (HOST=http://127.0.0.1:3000)
+	bash loadtests/run.sh
+
+demo: setup ## the whole job end to end: models, serve, load test, report
+	bash loadtests/demo.sh
+
+soak: setup ## bounded soak: RSS and file descriptors over time
+	$(BIN)/python -m benchmarks.soak
+
+helm-values: ## write helm values from terraform outputs (TF_DIR=terraform/environments/example)
+	bash terraform/scripts/helm-values.sh
+
+clean: ## remove local state (keys, models, audit) and reports
+	rm -rf .phiserve reports
