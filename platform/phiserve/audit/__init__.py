@@ -1,0 +1,1 @@
+"""Tamper-evident audit trail: records, HMAC chain, encrypted segments, verifier, middleware."""

@@ -1,0 +1,1 @@
+"""The encrypted, versioned model repository (Triton-style layout)."""

@@ -1,0 +1,1 @@
+"""Model runtimes: onnxruntime sessions, execution providers and dynamic batching."""

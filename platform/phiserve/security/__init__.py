@@ -1,0 +1,1 @@
+"""Authentication (OIDC bearer tokens) and authorization (scopes per model)."""
