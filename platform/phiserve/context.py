@@ -80,7 +80,9 @@ def match_route(method: str, path: str) -> Route | None:
     if not rest:
         return Route("model_metadata", "GET", base, RouteKind.METADATA, model, version, bad_version)
     if rest == ["ready"]:
-        return Route("model_ready", "GET", base + "/ready", RouteKind.METADATA, model, version, bad_version)
+        return Route(
+            "model_ready", "GET", base + "/ready", RouteKind.METADATA, model, version, bad_version
+        )
     if rest == ["infer"]:
         return Route("infer", "POST", base + "/infer", RouteKind.INFER, model, version, bad_version)
     return None

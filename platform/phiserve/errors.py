@@ -72,6 +72,12 @@ class NotFound(PhiserveError):
     status = 404
 
 
+class MethodNotAllowed(PhiserveError):
+    """The route exists but not for this HTTP method."""
+
+    status = 405
+
+
 class PayloadTooLarge(PhiserveError):
     """The body exceeds the configured request size limit."""
 

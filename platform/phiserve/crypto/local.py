@@ -57,9 +57,13 @@ class LocalKeyProvider:
                 f"key file {self.path} not found; run 'phiserve keys init'"
             ) from None
         except PermissionError:
-            raise KeyProviderError(f"key file {self.path} is not readable (permission denied)") from None
+            raise KeyProviderError(
+                f"key file {self.path} is not readable (permission denied)"
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise KeyProviderError(f"key file {self.path} is malformed: {type(exc).__name__}") from None
+            raise KeyProviderError(
+                f"key file {self.path} is malformed: {type(exc).__name__}"
+            ) from None
         return keys, current
 
     def _write(self, data: dict) -> None:
@@ -84,7 +88,9 @@ class LocalKeyProvider:
     def wrap(self, data_key: bytes, context: Mapping[str, str]) -> WrappedKey:
         """Encrypt ``data_key`` under the current KEK, bound to ``context``."""
         nonce = os.urandom(12)
-        blob = nonce + AESGCM(self._keys[self._current]).encrypt(nonce, data_key, context_aad(context))
+        blob = nonce + AESGCM(self._keys[self._current]).encrypt(
+            nonce, data_key, context_aad(context)
+        )
         return WrappedKey(key_id=self._current, blob=blob)
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:

@@ -1,0 +1,42 @@
+"""``phiserve keys``: create and rotate the key-encryption key."""
+
+from __future__ import annotations
+
+import argparse
+
+from phiserve.config import Settings
+from phiserve.crypto import key_provider_from_settings
+from phiserve.repository.store import ModelRepository
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``keys init`` and ``keys rotate``."""
+    parser = sub.add_parser("keys", help="key-encryption key (KEK) management")
+    keys = parser.add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("init", help="create the local KEK file if missing").set_defaults(func=init)
+    keys.add_parser(
+        "rotate", help="new KEK; re-wrap every data key; retire the old KEK"
+    ).set_defaults(func=rotate)
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create the KEK (local provider) or check that the configured provider answers."""
+    settings = Settings()
+    provider = key_provider_from_settings(settings, create=True)
+    print(f"key provider {provider.name} ready")
+    return 0
+
+
+def rotate(args: argparse.Namespace) -> int:
+    """Rotate the KEK: re-wrap model and audit data keys, then retire the old KEK."""
+    from phiserve.audit.keys import rewrap as rewrap_audit
+
+    settings = Settings()
+    provider = key_provider_from_settings(settings)
+    # The provider keeps the old KEK until retire_others(), so it unwraps old and wraps new.
+    new_id = provider.rotate()
+    models = ModelRepository(settings.repository_dir).rewrap(provider)
+    audit = rewrap_audit(settings.audit_path, provider) if settings.audit_path.exists() else 0
+    provider.retire_others()
+    print(f"rotated to KEK {new_id}: re-wrapped {models} model versions and {audit} audit keys")
+    return 0
