@@ -1,0 +1,1 @@
+"""Tests of envelope encryption and the key providers."""
