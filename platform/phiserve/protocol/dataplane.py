@@ -33,7 +33,7 @@ from phiserve.runtime.onnx import OnnxModel
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data"]
 
 
 @dataclass(slots=True)
