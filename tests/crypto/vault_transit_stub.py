@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -134,9 +136,13 @@ class VaultTransitStub:
         self.mounts: dict[str, dict[str, TransitKey]] = {"transit": {}}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval keeps stop() (and each test's teardown) fast.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -150,9 +156,12 @@ class VaultTransitStub:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket (later connections are refused)."""
+        """Stop as a crash would: refuse new connections and cut the open (keep-alive) ones."""
         self._server.shutdown()
         self._server.server_close()
+        for conn in list(self._connections):
+            with contextlib.suppress(OSError):  # already closed by the client
+                conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
 
     def __enter__(self) -> VaultTransitStub:
@@ -176,6 +185,14 @@ class VaultTransitStub:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output quiet
+
+            def setup(self) -> None:
+                super().setup()
+                stub._connections.add(self.connection)
+
+            def finish(self) -> None:
+                stub._connections.discard(self.connection)
+                super().finish()
 
             def do_GET(self) -> None:
                 self._dispatch("GET")
