@@ -1,0 +1,188 @@
+"""The audit record: exactly the PHI-free facts of one request, and their canonical bytes.
+
+A record holds names, ids, numbers and route templates, never a body, header, token, query value
+or tensor value. The request body is represented only by a keyed hash (HMAC-SHA256 under the
+trail's body key), so an investigator holding a disputed body can prove it matches without the
+trail ever storing it, and low-entropy bodies cannot be brute-forced from the trail.
+
+Fields that a client can influence (subject, model name, client address, method) are bounded
+and sanitised here, the one place every record passes through, so a hostile value cannot smuggle
+free text into the trail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from phiserve.context import RequestContext
+
+SCHEMA_VERSION: Final = 1
+# The outcomes a record may carry; ``aborted`` marks a request that never got a response.
+OUTCOMES: Final = frozenset({"ok", "denied", "rejected", "error", "overloaded", "aborted"})
+# Status recorded for a request that ended without a response (nginx's "client closed request").
+ABORTED_STATUS: Final = 499
+
+_MAX_TEXT: Final = 256
+_MODEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_METHOD_OK = re.compile(r"^[A-Z]{1,16}$")
+_HEX_OK = re.compile(r"^[0-9a-f]{1,128}$")
+_CLIENT_OK = re.compile(r"^[0-9A-Za-z.:%_\[\]-]{1,64}$")
+_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ROUTE_OK = re.compile(r"^[A-Za-z0-9/{}_:. -]{1,128}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def utc_iso(epoch_s: float) -> str:
+    """``epoch_s`` as an ISO-8601 UTC timestamp with microseconds and a ``Z`` suffix."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO-8601 timestamp; a naive one is taken as UTC."""
+    parsed = datetime.fromisoformat(text.strip())
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def outcome_for_status(status: int) -> str:
+    """The outcome implied by an HTTP status, for handlers that did not set one."""
+    if status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "denied"
+    if status in (429, 503):
+        return "overloaded"
+    if status < 500:
+        return "rejected"
+    return "error"
+
+
+def _text(value: str | None, pattern: re.Pattern[str] | None = None) -> str | None:
+    # Bounded, control-free text; a value failing its pattern is replaced, not echoed.
+    if value is None:
+        return None
+    value = _CONTROL.sub("", str(value))[:_MAX_TEXT]
+    if pattern is not None and not pattern.match(value):
+        return "<invalid>"
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What a caller knows about one request; the writer adds sequence number and chain MACs."""
+
+    time: str
+    request_id: str
+    trace_id: str | None
+    subject: str | None
+    client: str | None
+    method: str
+    route: str
+    model: str | None
+    version: int | None
+    outcome: str
+    status: int
+    latency_ms: float
+    break_glass: bool
+    body_hmac: str | None
+
+    def __post_init__(self) -> None:
+        # Sanitise once, here, so no code path can write an unbounded client-controlled string.
+        fix = object.__setattr__
+        fix(self, "request_id", _text(self.request_id, _ID_OK) or "<invalid>")
+        fix(self, "trace_id", _text(self.trace_id, _HEX_OK))
+        fix(self, "subject", _text(self.subject))
+        fix(self, "client", _text(self.client, _CLIENT_OK))
+        fix(self, "method", _text(self.method, _METHOD_OK) or "<invalid>")
+        fix(self, "route", _text(self.route, _ROUTE_OK) or "<invalid>")
+        fix(self, "model", _text(self.model, _MODEL_OK))
+        fix(self, "body_hmac", _text(self.body_hmac, _HEX_OK))
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown audit outcome {self.outcome!r}")
+        if self.version is not None and not (isinstance(self.version, int) and self.version > 0):
+            fix(self, "version", None)
+        fix(self, "status", int(self.status))
+        fix(self, "latency_ms", round(float(self.latency_ms), 3))
+        fix(self, "break_glass", bool(self.break_glass))
+
+    @classmethod
+    def from_context(
+        cls,
+        ctx: RequestContext,
+        *,
+        status: int,
+        body_hmac: str | None,
+        outcome: str | None = None,
+        now: float | None = None,
+    ) -> AuditEvent:
+        """The event of a request whose response starts (or that ends) now.
+
+        ``outcome`` defaults to the handler's ``ctx.outcome``, or one derived from ``status``.
+        """
+        end = time.perf_counter() if now is None else now
+        if outcome is None:
+            outcome = ctx.outcome if ctx.outcome in OUTCOMES else outcome_for_status(status)
+        return cls(
+            time=utc_iso(ctx.wall_time),
+            request_id=ctx.request_id,
+            trace_id=ctx.trace_id,
+            subject=ctx.subject,
+            client=ctx.client,
+            method=ctx.method,
+            route=ctx.route_template,
+            model=ctx.model,
+            version=ctx.version,
+            outcome=outcome,
+            status=status,
+            latency_ms=max(0.0, (end - ctx.started) * 1000.0),
+            break_glass=ctx.break_glass,
+            body_hmac=body_hmac,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's fields as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A durable record: an event, its place in the stream, and its link in the HMAC chain."""
+
+    seq: int
+    event: AuditEvent
+    prev_mac: str
+    mac: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored (inside an encrypted frame) and exported."""
+        return {"kind": "record", "v": SCHEMA_VERSION, "seq": self.seq, **self.event.to_dict(),
+                "prev_mac": self.prev_mac, "mac": self.mac}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError`` on a malformed dict."""
+        fields = {k: data[k] for k in EVENT_FIELDS}
+        return cls(seq=int(data["seq"]), event=AuditEvent(**fields),
+                   prev_mac=str(data["prev_mac"]), mac=str(data["mac"]))  # fmt: skip
+
+
+def canonical(data: dict[str, Any]) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces, ASCII): the input of MACs and frames."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+EVENT_FIELDS: Final = tuple(AuditEvent.__dataclass_fields__)
+
+
+def mac_input(seq: int, fields: dict[str, Any]) -> bytes:
+    """The bytes a record's MAC covers besides the previous MAC: schema, sequence and event.
+
+    ``fields`` are the event's fields as stored; the verifier passes them as decoded, without
+    re-sanitising, so the MAC is checked over exactly what was written.
+    """
+    return canonical({"v": SCHEMA_VERSION, "seq": seq, **{k: fields[k] for k in EVENT_FIELDS}})
