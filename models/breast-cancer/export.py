@@ -42,6 +42,7 @@ def export(seed: int = 0) -> ExportedModel:
 
     onnx_bytes = convert_sklearn(
         pipeline,
+        name=NAME,  # skl2onnx otherwise names the graph with a random UUID: a new digest each run
         initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
         target_opset={"": TARGET_OPSET, "ai.onnx.ml": 3},
         options={id(clf): {"zipmap": False}},  # plain tensors, not a list of dicts

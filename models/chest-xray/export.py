@@ -47,7 +47,7 @@ def export(seed: int = 0) -> ExportedModel:
         torch.manual_seed(seed)
         model = SmallCNN().eval()
         # Synthetic images (no imaging data here): smooth random fields at random contrast,
-        # varied enough that logits and predicted labels differ from image to image.
+        # varied enough that the logits differ from image to image.
         coarse = torch.rand(PARITY_SAMPLES, 1, 7, 7)
         images = F.interpolate(coarse, size=(224, 224), mode="bilinear")
         images = images * torch.rand(PARITY_SAMPLES, 1, 1, 1)
