@@ -315,6 +315,19 @@ def test_rotate_to_a_disabled_cmk_is_refused(kms_admin: Any, key_arn: str, kms_u
     assert provider.current_key_id == key_arn
 
 
+def test_rotate_away_from_a_disabled_cmk(
+    kms_admin: Any, key_arn: str, kms_url: str, context: dict[str, str]
+) -> None:
+    """The old CMK being unusable does not block switching; its data keys then fail loudly."""
+    new_arn = _new_key(kms_admin)
+    provider = AwsKmsKeyProvider(key_arn, endpoint_url=kms_url, rotate_to=new_arn)
+    old = provider.wrap(b"k" * 32, context)
+    kms_admin.disable_key(KeyId=key_arn)
+    assert provider.rotate() == new_arn
+    with pytest.raises(KeyProviderError, match=f"{key_arn} failed: DisabledException"):
+        provider.unwrap(old, context)
+
+
 def test_rotate_to_an_asymmetric_key_is_refused(kms_admin: Any, key_arn: str, kms_url: str) -> None:
     rsa = kms_admin.create_key(KeyUsage="SIGN_VERIFY", KeySpec="RSA_2048")["KeyMetadata"]["Arn"]
     provider = AwsKmsKeyProvider(key_arn, endpoint_url=kms_url, rotate_to=rsa)

@@ -174,6 +174,21 @@ def test_rotate_rewrap_retire(
     assert provider.check() == "vault-transit:transit/phiserve:v2"
 
 
+def test_rotate_on_vault_before_1_14(context: dict[str, str]) -> None:
+    """Older Vault answers rotate with 204 and no body: the new version is read back."""
+    with VaultTransitStub(legacy_rotate=True) as vault:
+        vault.create_key("phiserve", derived=True)
+        provider = VaultTransitKeyProvider(vault.url, vault.token)
+        assert provider.rotate() == "vault-transit:transit/phiserve:v2"
+        assert provider.wrap(b"k" * 32, context).key_id == "vault-transit:transit/phiserve:v2"
+
+
+def test_namespace_header(vault: VaultTransitStub, context: dict[str, str]) -> None:
+    provider = VaultTransitKeyProvider(vault.url, vault.token, namespace="team-a")
+    provider.wrap(b"k" * 32, context)
+    assert vault.namespaces == ["team-a"]
+
+
 def test_rewrap_server_side(
     provider: VaultTransitKeyProvider, vault: VaultTransitStub, context: dict[str, str]
 ) -> None:

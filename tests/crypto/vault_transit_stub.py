@@ -131,8 +131,11 @@ class TransitKey:
 class VaultTransitStub:
     """A threaded HTTP server on 127.0.0.1 with a random free port; use as a context manager."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, *, legacy_rotate: bool = False) -> None:
+        """``legacy_rotate``: answer ``keys/<key>/rotate`` with 204, as Vault before 1.14 does."""
         self.token = token or f"hvs.{secrets.token_urlsafe(24)}"
+        self.legacy_rotate = legacy_rotate
+        self.namespaces: list[str | None] = []
         self.mounts: dict[str, dict[str, TransitKey]] = {"transit": {}}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -216,6 +219,7 @@ class VaultTransitStub:
                     except ValueError:
                         raise VaultStubError(400, "failed to parse JSON input") from None
                     stub.requests.append((method, self.path))
+                    stub.namespaces.append(self.headers.get("X-Vault-Namespace"))
                     status, answer = stub._route(method, self.path.split("?")[0], body)
                 except VaultStubError as exc:
                     status, answer = exc.status, {"errors": exc.errors}
@@ -248,7 +252,7 @@ class VaultTransitStub:
                 return 200, {"data": key.describe(name)}
             if op == "rotate":
                 key.rotate()
-                return 200, {"data": key.describe(name)}
+                return (204, None) if self.legacy_rotate else (200, {"data": key.describe(name)})
             return self._config(key, name, body)
 
     def _crypto(

@@ -191,7 +191,8 @@ class AwsKmsKeyProvider:
             log.info("aws-kms: no rotation target configured; KMS rotates key material itself")
             return self._describe_usable(self._current)
         new_arn = self._describe_usable(self._rotate_to)
-        old_arn = self._describe_usable(self._current)
+        # The old CMK may already be unusable (that can be why we rotate): only its ARN is needed.
+        old_arn = self._describe(self._current)["Arn"]
         if new_arn != old_arn:
             self._previous.append(old_arn)
         self._current = new_arn
@@ -233,8 +234,11 @@ class AwsKmsKeyProvider:
         if key_id in self._retired:
             raise KeyProviderError(f"KMS key {key_id} was retired by a key rotation")
 
+    def _describe(self, key_id: str) -> dict[str, Any]:
+        return dict(self._call("describe_key", key_id, {"KeyId": key_id})["KeyMetadata"])
+
     def _describe_usable(self, key_id: str) -> str:
-        meta = self._call("describe_key", key_id, {"KeyId": key_id})["KeyMetadata"]
+        meta = self._describe(key_id)
         arn = str(meta["Arn"])
         if meta.get("KeyState", "Enabled") != "Enabled":
             raise KeyProviderError(f"KMS key {arn} is not usable: its state is {meta['KeyState']}")

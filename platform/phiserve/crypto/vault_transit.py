@@ -109,14 +109,15 @@ class VaultTransitKeyProvider:
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 5.0,
         verify: bool | str = True,
+        namespace: str | None = None,
         client: Any | None = None,
     ) -> None:
         """Build a provider for transit key ``key`` at ``mount`` on the Vault at ``addr``.
 
         ``token`` may be None: hvac then reads ``VAULT_TOKEN`` (or ``~/.vault-token``). Timeouts
         are short and hvac does not retry, so an unreachable Vault fails in seconds. ``verify``
-        is passed to requests (False, True or a CA bundle path). ``client`` injects a ready
-        ``hvac.Client``.
+        is passed to requests (False, True or a CA bundle path); ``namespace`` is a Vault
+        Enterprise namespace. ``client`` injects a ready ``hvac.Client``.
         """
         if not addr:
             raise ConfigurationError("key provider 'vault-transit' needs a Vault address")
@@ -144,17 +145,26 @@ class VaultTransitKeyProvider:
                 token=raw_token,
                 timeout=(connect_timeout_s, read_timeout_s),
                 verify=verify,
+                namespace=namespace or None,
             )
         self._client = client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VaultTransitKeyProvider:
-        """Build from ``vault_addr``, ``vault_token``, ``vault_transit_mount`` and ``_key``."""
+        """Build from ``vault_addr``, ``vault_token``, ``vault_transit_mount`` and ``_key``.
+
+        A CA bundle and a namespace are read from ``vault_ca_cert`` and ``vault_namespace`` if
+        the settings define them.
+        """
+        # Optional settings, not (yet) in every Settings version.
+        ca_cert = getattr(settings, "vault_ca_cert", None)
         return cls(
             settings.vault_addr or "",
             settings.vault_token,
             mount=settings.vault_transit_mount,
             key=settings.vault_transit_key,
+            verify=str(ca_cert) if ca_cert else True,
+            namespace=getattr(settings, "vault_namespace", None),
         )
 
     def __repr__(self) -> str:
