@@ -237,9 +237,10 @@ class UrlKeySet(KeySet):
 
     @property
     def source(self) -> str:
-        """The URL without query or fragment (which could carry a credential)."""
+        """The URL without user info, query or fragment (any of which could carry a credential)."""
         parts = urllib.parse.urlsplit(self.url)
-        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        host = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
     def _load(self) -> Mapping[str, Any]:
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__

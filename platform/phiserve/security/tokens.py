@@ -159,9 +159,11 @@ class TokenVerifier:
             self._cache.move_to_end(digest)
             return entry[1]
 
-    def _remember(self, digest: bytes, principal: Principal, exp: float) -> None:
+    def _remember(self, digest: bytes, principal: Principal, exp: float, generation: int) -> None:
         until = min(exp, self._clock() + self.cache_ttl_s)
         with self._cache_lock:
+            if generation != self._generation:
+                return  # a key was dropped while this token was being verified: do not cache
             self._cache[digest] = (until, principal)
             self._cache.move_to_end(digest)
             while len(self._cache) > self.cache_size:
@@ -189,6 +191,7 @@ class TokenVerifier:
         return alg, kid
 
     def _decode(self, token: str, digest: bytes, alg: str, kid: str | None) -> Principal:
+        generation = self.keys.generation
         key = self.keys.get(kid)
         if key is None:
             raise UnknownKeyId()
@@ -211,7 +214,7 @@ class TokenVerifier:
             raise MalformedToken("malformed claim: sub")
         scopes = _scopes(claims)
         principal = Principal(subject, scopes, BREAK_GLASS_SCOPE in scopes)
-        self._remember(digest, principal, float(claims["exp"]))
+        self._remember(digest, principal, float(claims["exp"]), generation)
         return principal
 
     def verify(self, token: str) -> Principal:
