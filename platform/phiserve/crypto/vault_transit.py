@@ -29,7 +29,7 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -293,7 +293,7 @@ class VaultTransitKeyProvider:
             raise KeyProviderError(f"Vault key {self.key_ref} has no latest_version")
         return latest
 
-    def _call(self, action: str, key_id: str, request: Any) -> Any:
+    def _call(self, action: str, key_id: str, request: Callable[[Any], Any]) -> Any:
         """Run one transit request, turning every failure into a typed phiserve error."""
         import requests
 
