@@ -17,7 +17,7 @@ from torch import nn
 
 NAME = "chest-xray"
 CLASSES = ("normal", "pneumonia", "other")  # demonstration labels only
-PARITY_SAMPLES = 128
+PARITY_SAMPLES = 100  # the minimum check_parity accepts; keeps the export quick on CPU
 
 
 class SmallCNN(nn.Module):

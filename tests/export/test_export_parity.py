@@ -114,7 +114,7 @@ def test_argmax_labels_compared_when_no_integer_output() -> None:
     # Near-tied scores within tolerance whose argmax flips: labels disagree, floats are close.
     x = np.tile(np.array([[0.5, 0.5000001]], np.float32), (MIN_SAMPLES, 1))
     native = x[:, ::-1].copy()
-    with pytest.raises(ParityError, match="label agreement 0.0000"):
+    with pytest.raises(ParityError, match=r"label agreement 0\.0000"):
         check_parity("toy", identity_model(), {"x": x}, {"y": native}, atol=1e-5, rtol=0.0)
     # A model whose rounding may legitimately flip ties states a lower bar explicitly.
     parity = check_parity(
