@@ -43,7 +43,9 @@ class Settings(BaseSettings):
         default=Path(".phiserve"), description="State folder for keys, models and audit."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Seconds that SIGTERM waits for in-flight requests; the chart's grace period is longer.
+    # After SIGTERM: seconds of not-ready-but-serving (lame duck), so load balancers catch up.
+    drain_delay_s: float = Field(default=2.0, ge=0, le=300)
+    # Then seconds to wait for in-flight requests; the chart's grace period covers both.
     drain_timeout_s: float = Field(default=20.0, ge=0)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -9,6 +9,8 @@ everything else (lifespan, BentoML's own pages) still goes through BentoML's app
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 
 import bentoml
@@ -18,8 +20,35 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from phiserve.app import build_platform
 from phiserve.config import Settings
 
+log = logging.getLogger("phiserve")
 settings = Settings()
 platform = build_platform(settings)
+
+
+def _install_lame_duck() -> None:
+    """On SIGTERM, report not-ready at once but keep accepting for ``drain_delay_s``.
+
+    The load balancer needs a moment to stop routing to us; connections that arrive meanwhile
+    are still served. Only then does uvicorn's own handler stop the listener and wait for the
+    in-flight requests. A second SIGTERM stops at once.
+    """
+    loop = asyncio.get_running_loop()
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(uvicorn_handler):
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if platform.dataplane.draining:
+            uvicorn_handler(signum, frame)
+            return
+        platform.dataplane.draining = True
+        log.info("SIGTERM: not ready; draining in %.1f s", settings.drain_delay_s)
+        # Thread-safe scheduling wakes the loop, which may be sleeping in its selector.
+        loop.call_soon_threadsafe(
+            loop.call_later, settings.drain_delay_s, uvicorn_handler, signum, frame
+        )
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 class _FastPath:
@@ -57,15 +86,8 @@ class Phiserve:
 
     @bentoml.on_startup
     async def start(self) -> None:
-        """Decrypt and load every model version; mark not-ready as soon as SIGTERM arrives."""
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum: int, frame: object) -> None:
-            platform.dataplane.draining = True
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
+        """Decrypt and load every model version, and install the lame-duck SIGTERM handler."""
+        _install_lame_duck()
         await platform.start()
 
     @bentoml.on_shutdown

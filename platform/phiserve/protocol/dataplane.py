@@ -207,9 +207,11 @@ class DataPlane:
 
     # --- inference -------------------------------------------------------------------------
     async def infer(self, lv: LoadedVersion, request: InferenceRequest) -> InferResult:
-        """Validate against the signature, batch, run and encode."""
-        if self.draining:
-            raise NotReady("server is draining")
+        """Validate against the signature, batch, run and encode.
+
+        Draining does not refuse work: requests that reached us still finish (only readiness
+        drops, so the load balancer stops sending more).
+        """
         feeds = _check_inputs(lv, request)
         try:
             outputs, timings = await asyncio.wait_for(
