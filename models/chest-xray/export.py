@@ -71,6 +71,7 @@ def export(seed: int = 0) -> ExportedModel:
     )
     metrics = {
         "evaluation_data": "none: demonstration weights, there is no imaging data to evaluate on",
+        "summary": {},
         "performance_metrics": [],
     }
     card = build_card(

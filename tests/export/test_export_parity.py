@@ -152,6 +152,18 @@ def test_missing_output_raises(breast_cancer: ExportedModel) -> None:
         )
 
 
+def test_nothing_to_compare_raises(breast_cancer: ExportedModel) -> None:
+    with pytest.raises(ParityError, match="no expected outputs"):
+        check_parity(
+            "breast-cancer",
+            breast_cancer.onnx_bytes,
+            {"input": features()},
+            {},
+            atol=1e-5,
+            rtol=1e-4,
+        )
+
+
 def test_shape_mismatch_raises(breast_cancer: ExportedModel) -> None:
     x = features()
     with pytest.raises(ParityError, match="shape"):

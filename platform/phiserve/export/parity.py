@@ -73,6 +73,8 @@ def check_parity(
     Returns ``{"samples", "tolerance", "max_abs_diff", "label_agreement", "passed", ...}``
     with ``passed: True``; raises ParityError (carrying the same dict) when parity fails.
     """
+    if not feeds or not expected:
+        raise ParityError(f"parity failed for {name!r}: no inputs or no expected outputs given")
     samples = int(next(iter(feeds.values())).shape[0])
     actual = run_onnx(onnx_bytes, feeds)
     missing = sorted(set(expected) - set(actual))
