@@ -175,9 +175,6 @@ def test_new_data_key_is_256_bits_and_random() -> None:
     assert all(len(k) == 32 for k in keys)
 
 
-# Known gaps in envelope.py (owned by the lead; see the crypto report). Not strict: once fixed they
-# show as XPASS and the marker can go.
-@pytest.mark.xfail(reason="open_with_key lets AESGCM's ValueError escape for a short nonce")
 def test_truncated_nonce_is_an_integrity_error(
     provider: LocalKeyProvider, context: dict[str, str]
 ) -> None:
@@ -186,7 +183,6 @@ def test_truncated_nonce_is_an_integrity_error(
         open_with_key(data_key, replace(header, nonce=header.nonce[:4]), ciphertext, AAD)
 
 
-@pytest.mark.xfail(reason="EnvelopeHeader.from_json lets KeyError escape for a missing field")
 @pytest.mark.parametrize("field", ["nonce", "wrapped_key", "key_id"])
 def test_header_missing_field_is_an_integrity_error(
     provider: LocalKeyProvider, context: dict[str, str], field: str
@@ -197,7 +193,6 @@ def test_header_missing_field_is_an_integrity_error(
         EnvelopeHeader.from_json(missing)
 
 
-@pytest.mark.xfail(reason="EnvelopeHeader.from_json lets binascii.Error escape for bad base64")
 @pytest.mark.parametrize("field", ["nonce", "wrapped_key"])
 def test_header_bad_base64_is_an_integrity_error(
     provider: LocalKeyProvider, context: dict[str, str], field: str

@@ -107,7 +107,6 @@ def test_unreadable_key_file_simulated(kek_file: Path, monkeypatch: pytest.Monke
         LocalKeyProvider(kek_file)
 
 
-@pytest.mark.xfail(reason="local.py: other OSErrors (here IsADirectoryError) escape untyped")
 def test_key_path_is_a_folder(kek_file: Path) -> None:
     kek_file.mkdir(parents=True, mode=0o700)
     with pytest.raises(KeyProviderError):
@@ -140,7 +139,6 @@ def test_malformed_key_file(kek_file: Path, content: str) -> None:
     assert str(kek_file) in str(err.value)
 
 
-@pytest.mark.xfail(reason="local.py: a 'keys' list raises AttributeError, not KeyProviderError")
 def test_malformed_key_file_keys_not_an_object(kek_file: Path) -> None:
     kek_file.parent.mkdir(mode=0o700)
     kek_file.write_text('{"current": "k1", "keys": []}')

@@ -152,7 +152,7 @@ class AwsKmsKeyProvider:
             region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,
             # Optional setting, not (yet) in every Settings version.
-            rotate_to=getattr(settings, "aws_kms_rotate_to_key_id", None),
+            rotate_to=settings.aws_kms_rotate_to_key_id,
         )
 
     def __repr__(self) -> str:

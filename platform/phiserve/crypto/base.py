@@ -27,7 +27,7 @@ class WrappedKey:
     @classmethod
     def from_json(cls, data: Mapping[str, str]) -> WrappedKey:
         """Inverse of :meth:`to_json`."""
-        return cls(key_id=data["key_id"], blob=base64.b64decode(data["wrapped_key"]))
+        return cls(key_id=data["key_id"], blob=base64.b64decode(data["wrapped_key"], validate=True))
 
 
 class KeyProvider(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -39,8 +40,19 @@ class EnvelopeHeader:
     def from_json(cls, data: Mapping[str, str]) -> EnvelopeHeader:
         """Inverse of :meth:`to_json`; refuses unknown algorithms."""
         if data.get("algorithm") != ALGORITHM:
-            raise IntegrityError(f"unsupported encryption algorithm {data.get('algorithm')!r}")
-        return cls(wrapped=WrappedKey.from_json(data), nonce=base64.b64decode(data["nonce"]))
+            raise IntegrityError(
+                f"unsupported encryption algorithm {str(data.get('algorithm'))[:32]!r}"
+            )
+        try:
+            header = cls(
+                wrapped=WrappedKey.from_json(data),
+                nonce=base64.b64decode(data["nonce"], validate=True),
+            )
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise IntegrityError(f"encryption header is malformed ({type(exc).__name__})") from None
+        if len(header.nonce) != _NONCE_BYTES:
+            raise IntegrityError("encryption header nonce is not 12 bytes")
+        return header
 
 
 def new_data_key() -> bytes:
@@ -69,7 +81,7 @@ def open_with_key(data_key: bytes, header: EnvelopeHeader, ciphertext: bytes, aa
     """Decrypt and authenticate; a wrong key, wrong AAD or any flipped bit raises."""
     try:
         return AESGCM(data_key).decrypt(header.nonce, ciphertext, aad)
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
         raise IntegrityError(
             "ciphertext failed authentication (tampered, swapped or wrong key)"
         ) from None

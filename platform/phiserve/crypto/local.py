@@ -48,7 +48,7 @@ class LocalKeyProvider:
                     f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {self.path}"
                 )
             data = json.loads(self.path.read_text())
-            keys = {kid: base64.b64decode(k) for kid, k in data["keys"].items()}
+            keys = {kid: base64.b64decode(k, validate=True) for kid, k in data["keys"].items()}
             current = data["current"]
             if current not in keys or any(len(k) != 32 for k in keys.values()):
                 raise ValueError("current key missing or a key is not 256 bits")
@@ -60,7 +60,11 @@ class LocalKeyProvider:
             raise KeyProviderError(
                 f"key file {self.path} is not readable (permission denied)"
             ) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:  # a folder in its place, an I/O error, ...
+            raise KeyProviderError(
+                f"key file {self.path} cannot be read ({type(exc).__name__})"
+            ) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyProviderError(
                 f"key file {self.path} is malformed: {type(exc).__name__}"
             ) from None
@@ -69,7 +73,8 @@ class LocalKeyProvider:
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # a stale temp file could carry a wider mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2)
             fh.flush()

@@ -157,14 +157,14 @@ class VaultTransitKeyProvider:
         the settings define them.
         """
         # Optional settings, not (yet) in every Settings version.
-        ca_cert = getattr(settings, "vault_ca_cert", None)
+        ca_cert = settings.vault_ca_cert
         return cls(
             settings.vault_addr or "",
             settings.vault_token,
             mount=settings.vault_transit_mount,
             key=settings.vault_transit_key,
             verify=str(ca_cert) if ca_cert else True,
-            namespace=getattr(settings, "vault_namespace", None),
+            namespace=settings.vault_namespace,
         )
 
     def __repr__(self) -> str:
