@@ -1,8 +1,7 @@
 """Builds phiserve's ASGI stack from settings: the layers every request passes through.
 
-Outermost first: request context -> the V2 routes. Identity, audit and telemetry layers slot in
-between (see :func:`build_app`). All layers are plain ASGI: no BaseHTTPMiddleware, no body
-buffering outside the infer handler.
+Outermost first: request context -> authentication and authorization -> the V2 routes. All
+layers are plain ASGI: no BaseHTTPMiddleware, no body buffering outside the infer handler.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.protocol.dataplane import DataPlane
 from phiserve.protocol.http import V2App, send_response
+from phiserve.security import AuthMiddleware, TokenVerifier
 
 
 async def _no_metrics(scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,8 +39,14 @@ class Platform:
 
 
 def build_platform(settings: Settings) -> Platform:
-    """Compose the platform from settings. No I/O happens here; :meth:`Platform.start` does it."""
+    """Compose the platform from settings.
+
+    Only configuration is read here (the JWKS, so a bad identity set-up fails before serving);
+    models load in :meth:`Platform.start`.
+    """
     dataplane = DataPlane(settings)
     app: ASGIApp = V2App(dataplane, settings.max_request_bytes, _no_metrics)
+    if settings.auth_enabled:
+        app = AuthMiddleware(app, TokenVerifier.from_settings(settings))
     app = ContextMiddleware(app)
     return Platform(settings=settings, dataplane=dataplane, app=app)
