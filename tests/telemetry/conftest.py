@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from phiserve import telemetry
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.errors import NotFound, PhiserveError, send_error
 from phiserve.telemetry.testing import OtlpHttpReceiver
-from prometheus_client.parser import text_string_to_metric_families
 
 CANARY = "CANARY-5e1f0d-PHI"
 KNOWN_MODELS = {"sepsis": [1, 2]}

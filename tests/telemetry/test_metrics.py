@@ -10,9 +10,10 @@ import textwrap
 from typing import Any
 
 import prometheus_client
+from prometheus_client.parser import text_string_to_metric_families
+
 from phiserve import telemetry
 from phiserve.telemetry.metrics import LATENCY_BUCKETS, Metrics
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Harness, samples
 

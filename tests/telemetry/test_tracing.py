@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
 from phiserve import telemetry
 from phiserve.errors import ConfigurationError
 from phiserve.telemetry import tracing
 from phiserve.telemetry.testing import OtlpGrpcReceiver, ReceivedSpan
 
-from .conftest import PROVIDER, Harness
+from .conftest import CANARY, PROVIDER, Harness
 
 INFER = "/v2/models/sepsis/infer"
 INFER_NAME = "POST /v2/models/{model}/infer"
@@ -344,22 +345,65 @@ def test_child_span_outside_a_request_is_a_noop(traced) -> None:
     assert exported(traced) == []
 
 
+def _one_request(app) -> None:
+    from phiserve.context import ContextMiddleware
+
+    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app))).request("GET", "/v2")  # type: ignore[arg-type]
+
+
+async def _ok(send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def test_record_span_converts_perf_counter_times(traced) -> None:
     import time
 
-    tracer = tracing.get_tracer()
-    assert tracer is not None
-    root = tracer.start_span("root")
-    from opentelemetry import trace
-
-    with trace.use_span(root, end_on_exit=True):
+    async def app(scope, receive, send):
         t0 = time.perf_counter_ns()
         telemetry.record_span("measured", t0 - 5_000_000, t0 - 1_000_000, {"k": 1})
-    measured = by_name(exported(traced))["measured"]
+        telemetry.record_span("failed", t0 - 1_000, t0, error=KeyError(CANARY))
+        await _ok(send)
+
+    _one_request(app)
+    spans = by_name(exported(traced))
+    measured, server = spans["measured"], spans["GET /v2"]
     assert measured.span.end_time_unix_nano - measured.span.start_time_unix_nano == 4_000_000
-    wall = time.time_ns()
-    assert 0 < wall - measured.span.end_time_unix_nano < 5_000_000_000
+    assert measured.parent_span_id == server.span_id
+    assert server.span.start_time_unix_nano - 10_000_000 < measured.span.start_time_unix_nano
     assert measured.attributes == {"k": 1}
+    assert spans["failed"].attributes["error.type"] == "KeyError"
+    assert CANARY.encode() not in traced.raw
+
+
+def test_nested_child_spans_and_attributes(traced) -> None:
+    async def app(scope, receive, send):
+        with telemetry.child_span("outer", **{"phiserve.inputs": 2}) as outer:
+            outer.set_attribute("phiserve.rows", 8)
+            outer.set_attribute("dropped", None)  # type: ignore[arg-type]
+            with telemetry.child_span("inner"):
+                assert telemetry.current_span().is_recording()
+        await _ok(send)
+
+    _one_request(app)
+    spans = by_name(exported(traced))
+    assert spans["outer"].parent_span_id == spans["GET /v2"].span_id
+    assert spans["inner"].parent_span_id == spans["outer"].span_id
+    assert spans["outer"].attributes == {"phiserve.inputs": 2, "phiserve.rows": 8}
+
+
+def test_sdk_tracer_spans_join_the_request_trace(traced) -> None:
+    async def app(scope, receive, send):
+        tracer = telemetry.get_tracer()
+        assert tracer is not None
+        with tracer.start_as_current_span("sdk-child"):
+            pass
+        await _ok(send)
+
+    _one_request(app)
+    spans = by_name(exported(traced))
+    assert spans["sdk-child"].parent_span_id == spans["GET /v2"].span_id
+    assert spans["sdk-child"].trace_id == spans["GET /v2"].trace_id
 
 
 def test_middleware_requires_context_middleware() -> None:

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan
 
 from phiserve.context import SCOPE_KEY, RequestContext
 from phiserve.telemetry import tracing
 from phiserve.telemetry.metrics import METRICS, Metrics
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -89,13 +89,14 @@ class TelemetryMiddleware:
                 break
 
         route = ctx.route
-        method = scope["method"]
-        if method not in _KNOWN_METHODS:
-            method = "_OTHER"
-        tracer = tracing.get_tracer()
-        span: Span | None = None
-        token: object = None
-        if tracer is not None and (route is None or self.trace_open_routes or not route.is_open):
+        recorder = tracing._STATE.recorder
+        span: tracing.RecordingSpan | None = None
+        otel_token: object = None
+        span_token: object = None
+        if recorder is not None and (route is None or self.trace_open_routes or not route.is_open):
+            method = scope["method"]
+            if method not in _KNOWN_METHODS:
+                method = "_OTHER"
             scheme = scope.get("scheme", "http")
             server = scope.get("server")
             port = server[1] if server else None
@@ -111,10 +112,18 @@ class TelemetryMiddleware:
                 span_name = f"{method} {route.template}"
             else:
                 span_name = method  # semantic conventions: no route, method only
-            span = tracing.start_server_span(tracer, span_name, parent, attrs)
-            sc = span.get_span_context()
-            trace_id, span_id, flags = sc.trace_id, sc.span_id, int(sc.trace_flags)
-            token = otel_context.attach(trace.set_span_in_context(span))
+            span, span_context = recorder.start_server(span_name, parent, attrs)
+            trace_id, span_id, flags = (
+                span_context.trace_id,
+                span_context.span_id,
+                int(span_context.trace_flags),
+            )
+            if span is not None:
+                span_token = tracing._CURRENT.set(span)
+            # OpenTelemetry's own context too, so SDK tracers and log correlation join this trace.
+            otel_token = otel_context.attach(
+                trace.set_span_in_context(NonRecordingSpan(span_context))
+            )
         elif parent is not None:
             # Not traced here: keep the caller's trace id so audit and logs still correlate.
             trace_id, span_id, flags = parent.trace_id, _getrandbits(64) or 1, 0
@@ -157,30 +166,31 @@ class TelemetryMiddleware:
                 )
             if span is not None:
                 _finish_server_span(span, ctx, status, error, model_label, version_label)
-                otel_context.detach(token)  # type: ignore[arg-type]
+                tracing._CURRENT.reset(span_token)  # type: ignore[arg-type]
+            if otel_token is not None:
+                otel_context.detach(otel_token)  # type: ignore[arg-type]
 
 
 def _finish_server_span(
-    span: Span,
+    span: tracing.RecordingSpan,
     ctx: RequestContext,
     status: int,
     error: BaseException | None,
     model_label: str,
     version_label: str,
 ) -> None:
-    if span.is_recording():
-        attrs: dict[str, AttributeValue] = {"http.response.status_code": status}
-        if model_label:
-            attrs[tracing.ATTR_MODEL] = model_label
-        if version_label:
-            attrs[tracing.ATTR_VERSION] = version_label
-        if ctx.batch_size is not None:
-            attrs[tracing.ATTR_BATCH_SIZE] = ctx.batch_size
-        span.set_attributes(attrs)
-        if error is not None:
-            tracing.record_error(span, error)
-        elif status >= 500:
-            # Server spans: only 5xx is an error (4xx is the client's); error.type = the code.
-            span.set_attribute("error.type", str(status))
-            span.set_status(trace.Status(trace.StatusCode.ERROR))
+    attrs = span.attributes
+    attrs["http.response.status_code"] = status
+    if model_label:
+        attrs[tracing.ATTR_MODEL] = model_label
+    if version_label:
+        attrs[tracing.ATTR_VERSION] = version_label
+    if ctx.batch_size is not None:
+        attrs[tracing.ATTR_BATCH_SIZE] = ctx.batch_size
+    if error is not None:
+        tracing.record_error(span, error)
+    elif status >= 500:
+        # Server spans: only 5xx is an error (4xx is the client's); error.type = the code.
+        attrs["error.type"] = str(status)
+        span.status = trace.Status(trace.StatusCode.ERROR)
     span.end()
