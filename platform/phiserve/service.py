@@ -87,6 +87,7 @@ class Phiserve:
     @bentoml.on_startup
     async def start(self) -> None:
         """Decrypt and load every model version, and install the lame-duck SIGTERM handler."""
+        log.setLevel(settings.log_level.upper())
         _install_lame_duck()
         await platform.start()
 
