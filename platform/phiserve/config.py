@@ -8,12 +8,15 @@ not here.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PositiveInt, SecretStr, model_validator
+from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from phiserve.errors import ConfigurationError
 
 KeyProviderName = Literal["local", "aws-kms", "vault-transit"]
 ExecutionProvider = Literal["auto", "cuda", "cpu"]
@@ -140,3 +143,35 @@ class Settings(BaseSettings):
     def batching_for(self, model: str) -> BatchingSettings:
         """Batching settings of one model: its override, or the default."""
         return self.model_batching.get(model, self.batching)
+
+
+# Variables with our prefix that clients (locust, scripts) read; the server ignores them.
+CLIENT_VARIABLES = frozenset({"PHISERVE_TOKEN", "PHISERVE_TOKEN_FILE", "PHISERVE_URL"})
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value is one :class:`ConfigurationError`.
+
+    The message names each offending variable and what is wrong, never the value given (it may
+    be a token or a path that is nobody's business in a log). Unknown ``PHISERVE_`` variables
+    are refused too: a typo must not silently fall back to a default.
+    """
+    known = {f"PHISERVE_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.startswith("PHISERVE_")
+        and key not in CLIENT_VARIABLES
+        and key.split("__")[0] not in known
+    )
+    if unknown:
+        raise ConfigurationError(f"unknown settings {unknown}; see platform/phiserve/config.py")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = "__".join(str(p) for p in err["loc"]).upper()
+            name = f"PHISERVE_{field}" if field else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None

@@ -18,10 +18,10 @@ from _bentoml_sdk.service import Service
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve.app import build_platform
-from phiserve.config import Settings
+from phiserve.config import load_settings
 
 log = logging.getLogger("phiserve")
-settings = Settings()
+settings = load_settings()
 platform = build_platform(settings)
 
 

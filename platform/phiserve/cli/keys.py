@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from phiserve.config import Settings
+from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.repository.store import ModelRepository
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def init(args: argparse.Namespace) -> int:
     """Create the KEK (local provider) or check that the configured provider answers."""
-    settings = Settings()
+    settings = load_settings()
     provider = key_provider_from_settings(settings, create=True)
     print(f"key provider {provider.name} ready")
     return 0
@@ -31,7 +31,7 @@ def rotate(args: argparse.Namespace) -> int:
     """Rotate the KEK: re-wrap model and audit data keys, then retire the old KEK."""
     from phiserve.audit.keys import rewrap as rewrap_audit
 
-    settings = Settings()
+    settings = load_settings()
     provider = key_provider_from_settings(settings)
     # The provider keeps the old KEK until retire_others(), so it unwraps old and wraps new.
     new_id = provider.rotate()

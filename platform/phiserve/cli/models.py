@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phiserve.config import Settings
+from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import PhiserveError
 from phiserve.repository.build import build_models
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_cmd(args: argparse.Namespace) -> int:
     """Publish a new version of each selected model."""
-    settings = Settings()
+    settings = load_settings()
     provider = key_provider_from_settings(settings, create=True)
     repo = ModelRepository(settings.repository_dir)
     for m in build_models(repo, provider, args.source, args.names):
@@ -37,7 +37,7 @@ def build_cmd(args: argparse.Namespace) -> int:
 
 def list_cmd(args: argparse.Namespace) -> int:
     """Print one line per model version (from manifests; nothing is decrypted)."""
-    repo = ModelRepository(Settings().repository_dir)
+    repo = ModelRepository(load_settings().repository_dir)
     for name, version in repo.entries():
         m = repo.read_manifest(name, version)
         shapes = ", ".join(f"{s.name}:{s.datatype}{s.shape}" for s in m.inputs)
@@ -47,7 +47,7 @@ def list_cmd(args: argparse.Namespace) -> int:
 
 def verify_cmd(args: argparse.Namespace) -> int:
     """Decrypt each version in memory and check MAC, AAD and digest; exit 1 on any failure."""
-    settings = Settings()
+    settings = load_settings()
     repo = ModelRepository(settings.repository_dir)
     provider = key_provider_from_settings(settings)
     failed = 0

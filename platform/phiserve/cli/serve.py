@@ -7,7 +7,7 @@ import os
 import sys
 
 from phiserve.app import build_platform
-from phiserve.config import Settings
+from phiserve.config import Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def serve_command(settings: Settings) -> list[str]:
 
 def serve(args: argparse.Namespace) -> int:
     """Replace this process with the BentoML server (so signals reach it directly)."""
-    settings = Settings()
+    settings = load_settings()
     build_platform(settings)  # fail here, in one line, on settings that cannot serve
     # BentoML keeps its own state under BENTOML_HOME; keep it beside ours, off a read-only root.
     os.environ.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))

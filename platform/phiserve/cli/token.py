@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phiserve.config import Settings
+from phiserve.config import load_settings
 from phiserve.security.devkeys import DEFAULT_TTL_S, MAX_TTL_S, ensure_dev_keys, issue_token
 
 
 def _init(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings()
     ensure_dev_keys(settings)
     print(f"dev signing key: {settings.signing_key_file}", file=sys.stderr)
     print(f"JWKS:            {settings.jwks_path}", file=sys.stderr)
@@ -30,7 +30,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings()
     print(issue_token(settings, args.subject, args.scope or [], ttl_s=args.ttl))
     return 0
 
