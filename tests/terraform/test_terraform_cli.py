@@ -45,6 +45,12 @@ def test_fmt_check_recursive(tmp_path: Path) -> None:
         terraform_env(tmp_path),
     )
     assert proc.returncode == 0, f"terraform fmt would change files:\n{proc.stdout}{proc.stderr}"
+    proc = run(
+        [terraform, "fmt", "-check", "-diff", "-no-color", str(FIXTURES)],
+        REPO_ROOT,
+        terraform_env(tmp_path),
+    )
+    assert proc.returncode == 0, f"terraform fmt would change the fixtures:\n{proc.stdout}"
 
 
 def _init(terraform: str, workdir: Path, env: dict[str, str]) -> None:

@@ -161,34 +161,76 @@ def _load_chart_values() -> dict[str, Any] | None:
     return yaml.safe_load(values_file.read_text(encoding="utf-8")) or {}
 
 
+def selector_problems(values: dict[str, Any], gpu_labels: dict[str, str]) -> list[str]:
+    """Why the chart's top-level nodeSelector would not land on the GPU node group."""
+    selector = values.get("nodeSelector") or {}
+    if not selector:
+        return ["nodeSelector is empty: it must select the GPU node group"]
+    problems = []
+    if selector.get("phiserve.io/node-pool") != "gpu":
+        problems.append(f"nodeSelector lacks phiserve.io/node-pool: gpu ({selector})")
+    for key, value in selector.items():
+        if gpu_labels.get(key) != str(value):
+            problems.append(f"nodeSelector {key}={value}: no GPU node carries this label")
+    return problems
+
+
+def tolerates_gpu_taint(values: dict[str, Any]) -> bool:
+    """Whether one of the chart's top-level tolerations matches the GPU node taint."""
+    effect = {"NO_SCHEDULE": "NoSchedule"}[GPU_TAINT["effect"]]
+    for t in values.get("tolerations") or []:
+        if t.get("key") != GPU_TAINT["key"] or t.get("effect") not in (effect, None, ""):
+            continue
+        operator = t.get("operator", "Equal")
+        if operator == "Exists" or (operator == "Equal" and t.get("value") == GPU_TAINT["value"]):
+            return True
+    return False
+
+
 def test_chart_node_selector_matches_gpu_labels(cluster: TfConfig) -> None:
     values = _load_chart_values()
     if values is None:
         pytest.skip("helm/phiserve/values.yaml does not exist yet: only the Terraform side checked")
-    selector = values.get("nodeSelector") or {}
-    assert selector, "the chart's nodeSelector is empty: it must select the GPU node group"
-    assert selector.get("phiserve.io/node-pool") == "gpu", selector
-    labels = cluster.locals["gpu_labels"]
-    for key, value in selector.items():
-        assert labels.get(key) == str(value), f"chart selects {key}={value}, no GPU node has it"
+    assert selector_problems(values, cluster.locals["gpu_labels"]) == []
 
 
 def test_chart_tolerates_gpu_taint() -> None:
     values = _load_chart_values()
     if values is None:
         pytest.skip("helm/phiserve/values.yaml does not exist yet: only the Terraform side checked")
-    tolerations = values.get("tolerations") or []
-    effect = {"NO_SCHEDULE": "NoSchedule"}[GPU_TAINT["effect"]]
+    assert tolerates_gpu_taint(values), (
+        f"no toleration in the chart matches the GPU taint {GPU_TAINT}: {values.get('tolerations')}"
+    )
 
-    def tolerates(t: dict[str, Any]) -> bool:
-        if t.get("key") != GPU_TAINT["key"] or t.get("effect") not in (effect, None, ""):
-            return False
-        if t.get("operator", "Equal") == "Exists":
-            return True
-        return t.get("operator", "Equal") == "Equal" and t.get("value") == GPU_TAINT["value"]
 
-    assert any(tolerates(t) for t in tolerations), (
-        f"no toleration in the chart matches the GPU taint {GPU_TAINT}: {tolerations}"
+def test_chart_cross_check_logic() -> None:
+    """The cross-check itself, on synthetic chart values, so it is known to work before the
+    chart exists."""
+    good = {
+        "nodeSelector": {"phiserve.io/node-pool": "gpu"},
+        "tolerations": [
+            {
+                "key": "nvidia.com/gpu",
+                "operator": "Equal",
+                "value": "present",
+                "effect": "NoSchedule",
+            }
+        ],
+    }
+    assert selector_problems(good, GPU_LABELS) == []
+    assert tolerates_gpu_taint(good)
+    assert tolerates_gpu_taint({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]})
+    assert selector_problems({"nodeSelector": {}}, GPU_LABELS)
+    assert selector_problems({"nodeSelector": {"phiserve.io/node-pool": "system"}}, GPU_LABELS)
+    assert selector_problems(
+        {"nodeSelector": {"phiserve.io/node-pool": "gpu", "gpu": "a100"}}, GPU_LABELS
+    )
+    assert not tolerates_gpu_taint({"tolerations": []})
+    assert not tolerates_gpu_taint(
+        {"tolerations": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]}
+    )
+    assert not tolerates_gpu_taint(
+        {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}]}
     )
 
 

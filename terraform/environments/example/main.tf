@@ -86,3 +86,13 @@ module "cluster" {
     max_size       = var.gpu_max_size
   }
 }
+
+# EKS access entries replace the aws-auth ConfigMap, and the cluster creator
+# gets no implicit admin (changing that later would replace the cluster): name
+# the admins explicitly, or nobody can run kubectl or helm against the cluster.
+check "cluster_has_admins" {
+  assert {
+    condition     = length(var.cluster_admin_arns) > 0
+    error_message = "cluster_admin_arns is empty: no IAM principal will be able to use the Kubernetes API (kubectl, helm). Set it to your administrators' role ARNs."
+  }
+}
