@@ -115,7 +115,7 @@ class _AuditedRequest:
             await send(message)
 
         try:
-            await self.app(scope, audited_receive, audited_send)
+            await self.mw.app(scope, audited_receive, audited_send)
         except Exception as exc:
             if self.started:
                 raise

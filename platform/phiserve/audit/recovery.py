@@ -48,6 +48,10 @@ def recover_stream(
     """Find the end of the stream's chain, sealing its final segment if a crash left it open."""
     for stray in stream_dir.glob("seg-*.pal.tmp"):
         # A segment whose creation never completed holds a header only, never a record.
+        log.warning(
+            "audit: stream %s: removing %s, left by a crash while a segment was being created",
+            stream, stray.name,
+        )  # fmt: skip
         stray.unlink(missing_ok=True)
     segments = list_segments(stream_dir)
     if not segments:

@@ -297,6 +297,10 @@ class AuditWriter:
                 if written:
                     segment.write_durably(data, len(written), len(written))
                     sink.state = state
+                    if sink.failure is not None:  # before settling: waiters see it healthy
+                        log.warning("audit: stream %s recovered; records are durable again",
+                                    self.stream)  # fmt: skip
+                        sink.failure = None
                     self.stats.commits += 1
                     self.stats.records += len(written)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(written))
@@ -308,10 +312,6 @@ class AuditWriter:
         except Exception as exc:
             self._mark_failed(exc)
             self._settle([(item, None) for item in batch[done:]])
-            return
-        if sink.failure is not None:
-            log.warning("audit: stream %s recovered; records are durable again", self.stream)
-            sink.failure = None
 
     def _frames(
         self, segment: SegmentFile, items: list[_Pending]

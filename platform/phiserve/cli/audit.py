@@ -22,7 +22,7 @@ from typing import Any
 from phiserve.audit.record import AuditEvent, parse_iso, utc_iso
 from phiserve.audit.verify import TrailReport, verify_trail
 from phiserve.audit.writer import AuditWriter
-from phiserve.config import Settings
+from phiserve.config import Settings, load_settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import ConfigurationError
 
@@ -79,7 +79,7 @@ def _summary(report: TrailReport) -> dict[str, Any]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the trail; exit 0 if intact, 1 at the first broken record."""
-    settings = Settings()
+    settings = load_settings()
     directory = _audit_dir(args, settings)
     if not directory.is_dir():
         raise ConfigurationError(f"audit folder {directory} does not exist")
@@ -113,7 +113,7 @@ def _actor(args: argparse.Namespace) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Audit the export, then write the trail's records in the window as JSON lines."""
-    settings = Settings()
+    settings = load_settings()
     directory = _audit_dir(args, settings)
     if not directory.is_dir():
         raise ConfigurationError(f"audit folder {directory} does not exist")
