@@ -26,6 +26,7 @@ class RouteKind(StrEnum):
 
     HEALTH = "health"  # open: liveness and readiness probes
     METRICS = "metrics"  # open: Prometheus scrape
+    DOCS = "docs"  # open: the OpenAPI description (no data)
     METADATA = "metadata"  # server and model metadata, model readiness
     INFER = "infer"
 
@@ -46,7 +47,7 @@ class Route:
     @property
     def is_open(self) -> bool:
         """Open routes need no token."""
-        return self.kind in (RouteKind.HEALTH, RouteKind.METRICS)
+        return self.kind in (RouteKind.HEALTH, RouteKind.METRICS, RouteKind.DOCS)
 
 
 def match_route(method: str, path: str) -> Route | None:
@@ -59,6 +60,8 @@ def match_route(method: str, path: str) -> Route | None:
         return None
     if n == 1:
         return Route("server_metadata", "GET", "/v2", RouteKind.METADATA)
+    if parts[1] == "openapi.json" and n == 2:
+        return Route("openapi", "GET", "/v2/openapi.json", RouteKind.DOCS)
     if parts[1] == "health" and n == 3 and parts[2] in ("live", "ready"):
         return Route(f"health_{parts[2]}", "GET", f"/v2/health/{parts[2]}", RouteKind.HEALTH)
     if parts[1] != "models" or n < 3 or not parts[2]:

@@ -234,3 +234,9 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
     response = client.post("/v2/models/chest-xray/infer", content=big)
     assert response.status_code == 413
     assert "exceeds" in response.json()["error"]
+
+
+def test_openapi_description_is_served_open(server: ServerProcess) -> None:
+    doc = httpx.get(f"{server.url}/v2/openapi.json").json()
+    assert doc["openapi"].startswith("3.0")
+    assert "/v2/models/{model}/versions/{version}/infer" in doc["paths"]

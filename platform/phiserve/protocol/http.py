@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -84,7 +85,9 @@ class V2App:
             "model_ready": self._model_ready,
             "infer": self._infer,
             "metrics": self.metrics_app,
+            "openapi": self._openapi,
         }
+        self._openapi_body = (files("phiserve.protocol") / "openapi.json").read_bytes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one HTTP request."""
@@ -110,6 +113,9 @@ class V2App:
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.dataplane.readiness()
         await send_json(send, 200 if body["ready"] else 503, body)
+
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_response(send, 200, self._openapi_body, [_JSON])
 
     async def _server_metadata(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, self.dataplane.server_metadata())
