@@ -14,8 +14,9 @@ refused requests are recorded too::
 * A request that ends with no response (client gone, app crashed or cancelled) still gets a
   record: outcome ``aborted`` (or ``error`` with status 500 when the app raised, in which case
   the 500 is sent here, after its record).
-* Open routes (health probes, metrics: ``ctx.route.is_open``) are **not** audited, so probes
-  and scrapes do not flood the trail; they carry no PHI and need no identity.
+* Open routes (``ctx.route.is_open``: health probes, metrics, the OpenAPI document) are **not**
+  audited, so probes and scrapes do not flood the trail; they carry no PHI and need no identity.
+  Unmatched paths *are* audited (route ``unmatched``): they are how scanners show up.
 
 It is plain ASGI (no ``BaseHTTPMiddleware``): streaming bodies and responses pass untouched.
 """

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -230,30 +231,29 @@ class AuditWriter:
             self._cond.notify()
 
     @staticmethod
-    def _settle_loop(items: list[tuple[_Pending, AuditRecord | None]]) -> None:
+    def _resolve(items: Sequence[tuple[_Pending, AuditRecord | None]]) -> None:
         for item, record in items:
-            if item.future.done():  # the waiting task was cancelled
+            if item.future.done():  # the waiting task was cancelled, or already answered
                 continue
             if record is None:
-                item.future.set_exception(AuditUnavailable())
+                item.future.set_exception(AuditUnavailable())  # one instance per waiter
             else:
                 item.future.set_result(record)
 
-    def _settle(self, items: list[tuple[_Pending, AuditRecord | None]]) -> None:
-        # One wake-up per event loop per batch, not one per record.
+    def _settle(self, items: Sequence[tuple[_Pending, AuditRecord | None]]) -> None:
+        # Futures of an event loop are resolved on that loop: one wake-up per loop per batch.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, AuditRecord | None]]]
         by_loop = defaultdict(list)
+        direct = []
         for item, record in items:
             if item.loop is None:
-                if record is None:
-                    item.future.set_exception(AuditUnavailable())
-                else:
-                    item.future.set_result(record)
+                direct.append((item, record))
             else:
                 by_loop[item.loop].append((item, record))
+        self._resolve(direct)
         for loop, batch in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-                loop.call_soon_threadsafe(self._settle_loop, batch)
+                loop.call_soon_threadsafe(self._resolve, batch)
 
     # --- the writer thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -273,7 +273,7 @@ class AuditWriter:
             except BaseException as exc:  # never let the thread die with requests waiting
                 log.exception("audit: unexpected writer error (%s)", type(exc).__name__)
                 self._mark_failed(exc)
-                self._settle([(item, None) for item in batch if not item.future.done()])
+                self._settle([(item, None) for item in batch])
         self._shutdown()
 
     def _commit(self, batch: list[_Pending]) -> None:
@@ -305,7 +305,7 @@ class AuditWriter:
                     self.stats.records += len(written)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(written))
                     self._mirror(written)
-                    self._settle(written)  # type: ignore[arg-type]
+                    self._settle(written)
                     done += len(written)
                 if full:
                     self._rotate()
