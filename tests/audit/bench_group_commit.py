@@ -17,7 +17,6 @@ from pathlib import Path
 
 from phiserve.audit.writer import AuditWriter
 from phiserve.crypto.local import LocalKeyProvider
-
 from tests.audit.conftest import make_event
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from phiserve.audit import verify
 from phiserve.audit.segments import DATA_START, list_segments, scan_frames
-from phiserve.audit.verify import TrailReport, verify_trail
+from phiserve.audit.verify import TrailReport
 from phiserve.crypto.base import KeyProvider
 
 
@@ -14,9 +15,7 @@ def read_trail(
     audit_dir: Path, provider: KeyProvider, **kwargs: Any
 ) -> tuple[TrailReport, list[dict[str, Any]]]:
     """Verify the trail and return every record that verified, in order."""
-    records: list[dict[str, Any]] = []
-    report = verify_trail(audit_dir, provider, on_record=lambda _s, r: records.append(r), **kwargs)
-    return report, records
+    return verify.read_trail(audit_dir, provider, **kwargs)
 
 
 def segment_paths(audit_dir: Path, stream: str = "server") -> list[Path]:

@@ -136,3 +136,7 @@ def test_rewrap_alternates_header_slots_and_survives_a_torn_slot(
     assert read_header(path).generation == 2
     assert read_trail(audit_dir, provider)[0].ok
     assert SLOT_SIZE == 4096
+
+
+def test_rewrap_without_a_trail_is_a_no_op(tmp_path: Path, provider: FlakyProvider) -> None:
+    assert rewrap(tmp_path / "no-audit-yet", provider) == 0

@@ -14,7 +14,7 @@ and ``rewrap(settings.audit_path, provider)`` from ``phiserve keys rotate``.
 from phiserve.audit.keys import load_keys, rewrap
 from phiserve.audit.middleware import AuditMiddleware
 from phiserve.audit.record import AuditEvent, AuditRecord
-from phiserve.audit.verify import TrailReport, verify_trail
+from phiserve.audit.verify import TrailReport, read_trail, verify_trail
 from phiserve.audit.writer import AuditWriter
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "AuditWriter",
     "TrailReport",
     "load_keys",
+    "read_trail",
     "rewrap",
     "verify_trail",
 ]

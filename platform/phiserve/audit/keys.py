@@ -166,8 +166,13 @@ def rewrap(audit_dir: Path, provider: KeyProvider) -> int:
     Called by ``phiserve keys rotate`` after ``provider.rotate()`` and before
     ``provider.retire_others()``: payloads, frames and MACs are untouched. Each file is replaced
     crash-safely, so an interrupted run can simply be repeated (old KEKs still unwrap until
-    retired). Returns the number of keys re-wrapped.
+    retired). Returns the number of keys re-wrapped (0 when ``audit_dir`` holds no trail yet).
+    A running writer keeps its open segment's key in memory and is unaffected, but it wraps the
+    keys of *new* segments with its own provider object: that must see the new KEK too before
+    old KEKs are retired (restart the server, or rotate before it starts).
     """
+    if not (audit_dir / KEY_FILE).exists() and not streams_on_disk(audit_dir):
+        return 0  # no trail yet: nothing is wrapped
     with fsio.locked(audit_dir / LOCK_FILE):
         data = _read(audit_dir)
         keys = _unlock(data, provider)  # also checks the key file's MAC

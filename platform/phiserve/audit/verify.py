@@ -327,3 +327,21 @@ def verify_trail(
             report.problem = problem
             return report
     return report
+
+
+def read_trail(
+    audit_dir: Path, provider: KeyProvider, *, require_sealed: bool = False
+) -> tuple[TrailReport, list[dict[str, Any]]]:
+    """Verify the trail and return every record that verified, in stream then sequence order.
+
+    Each record dict carries its ``stream`` too. For tests and tools (an end-to-end crash test
+    matches response request ids against it); ``export`` streams instead of collecting.
+    """
+    records: list[dict[str, Any]] = []
+    report = verify_trail(
+        audit_dir,
+        provider,
+        require_sealed=require_sealed,
+        on_record=lambda stream, record: records.append({**record, "stream": stream}),
+    )
+    return report, records
