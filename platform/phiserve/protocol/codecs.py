@@ -168,7 +168,7 @@ def decode_request(body: bytes, header_length: int | None, max_bytes: int) -> In
             raise BadRequest(f"input {name!r} appears twice")
         seen.add(name)
         datatype = raw.get("datatype")
-        if datatype not in V2_TO_NUMPY:
+        if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
             raise BadRequest(f"input {name!r}: unknown datatype {str(datatype)[:16]!r}")
         shape = raw.get("shape")
         count = _element_count(name, shape)
