@@ -99,10 +99,25 @@ def test_checkov_skips_are_in_code_not_on_the_command_line() -> None:
     for cfg in (REPO_ROOT / ".checkov.yaml", REPO_ROOT / ".checkov.yml"):
         if cfg.exists():
             assert "skip-check" not in cfg.read_text(encoding="utf-8"), cfg
-    for tf in Path(REPO_ROOT / "terraform").rglob("*.tf"):
+    for tf in (REPO_ROOT / "terraform").rglob("*.tf"):
         for n, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), 1):
             if "checkov:skip=" in line:
                 _, _, rest = line.partition("checkov:skip=")
                 check_id, _, reason = rest.partition(":")
                 assert check_id.startswith("CKV"), f"{tf}:{n}: malformed skip {line.strip()!r}"
                 assert len(reason.strip()) >= MIN_REASON_CHARS, f"{tf}:{n}: skip without reason"
+
+
+def test_missing_checkov_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tests.terraform.test_terraform_checkov as mod
+
+    monkeypatch.setattr(mod, "REPO_ROOT", tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="make tools"):
+        mod.find_checkov()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="make tools"):
+        mod.find_checkov()

@@ -644,3 +644,11 @@ def test_no_hard_coded_account_ids() -> None:
         text = tf.read_text(encoding="utf-8")
         hits = re.findall(r"(?<![0-9])[0-9]{12}(?![0-9])", text)
         assert not hits, f"{tf.relative_to(REPO_ROOT)}: 12-digit number(s) {hits}"
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_module_readme_lists_every_input_and_output(name: str) -> None:
+    cfg = module(name)
+    readme = (TF_ROOT / "modules" / name / "README.md").read_text(encoding="utf-8")
+    missing = [n for n in [*cfg.variables, *cfg.outputs] if f"| `{n}` |" not in readme]
+    assert not missing, f"modules/{name}/README.md does not document: {missing}"

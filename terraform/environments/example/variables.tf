@@ -15,8 +15,8 @@ variable "name" {
   default     = "phiserve"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,15}$", var.name))
-    error_message = "name must be 2-16 lowercase letters, digits or '-', starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{1,11}$", var.name))
+    error_message = "name must be 2-12 lowercase letters, digits or '-', starting with a letter."
   }
 }
 

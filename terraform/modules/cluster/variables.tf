@@ -3,8 +3,8 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,37}$", var.name))
-    error_message = "name must start with a letter and have at most 38 letters, digits or '-' (IAM role name prefixes are limited)."
+    condition     = can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,28}$", var.name))
+    error_message = "name must start with a letter and have at most 29 letters, digits or '-' (it prefixes IAM role name_prefixes, limited to 38 characters)."
   }
 }
 

@@ -3,8 +3,8 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,37}$", var.name))
-    error_message = "name must be 1-38 lowercase letters, digits or '-', starting with a letter or digit."
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,26}$", var.name))
+    error_message = "name must be 1-27 lowercase letters, digits or '-', starting with a letter or digit (it prefixes an IAM role name_prefix, limited to 38 characters)."
   }
 }
 
