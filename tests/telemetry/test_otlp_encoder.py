@@ -128,3 +128,29 @@ def test_exporters_fall_back_to_the_sdk_encoder(otel_env, protocol) -> None:
         assert names == ["first", "linked"]
         linked = next(s for s in rx.spans() if s.name == "linked")
         assert linked.span.links[0].span_id.hex() == f"{first.get_span_context().span_id:016x}"
+
+
+def test_recording_spans_encode_like_their_sdk_form(otel_env, otlp_receiver) -> None:
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    from phiserve.errors import BadRequest
+    from phiserve.telemetry import tracing
+
+    otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint)
+    recorder = tracing._STATE.recorder
+    assert recorder is not None
+    caller = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(3))
+    attrs = {"http.request.method": "POST", "server.port": 3000, "x.f": 0.5, "x.b": True}
+    spans = []
+    for parent in (caller, None):
+        server, *_ = recorder.start_server("POST /v2/models/{model}/infer", parent, dict(attrs))
+        assert server is not None
+        child = server.child("decode", {"phiserve.inputs": 2, "x.l": ["a", "b"]}, server.start_ns)
+        tracing.record_error(child, BadRequest("bad"))
+        server.set_status(Status(StatusCode.ERROR))
+        for span in (child, server):
+            span.end_ns = span.start_ns + 1000
+            spans.append(span)
+    ours = ExportTraceServiceRequest.FromString(_otlp.encode_request(spans))
+    assert ours == encode_spans(_otlp.readable(spans))
+    assert len(ours.resource_spans[0].scope_spans[0].spans) == 4

@@ -24,6 +24,10 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry.trace import SpanKind
+
+from phiserve.telemetry.tracing import _UNSET, RecordingSpan
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -37,10 +41,19 @@ _PACK_I: Final = struct.Struct("<I").pack
 _U64: Final = (1 << 64) - 1
 _FLAGS_HAS_IS_REMOTE: Final = 0x100
 _FLAGS_IS_REMOTE: Final = 0x200
-# (key, value type, value) -> encoded KeyValue. Bounded: cleared when full, so unique values
-# (request ids) only cost a re-warm now and then.
-_KV_CACHE: dict[tuple[str, type, Any], bytes] = {}
+# Fixed pieces of phiserve's own spans: ids, times, kind, an empty status, flags.
+_PACK_IDS: Final = struct.Struct(">2sQQ2sQ").pack  # trace id (two halves), span id
+_PACK_PARENT: Final = struct.Struct(">2sQ").pack
+_PACK_TIMES: Final = struct.Struct("<BQBQ").pack
+_KIND: Final = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+_EMPTY_STATUS: Final = b"\x7a\x00"
+_FLAGS_LOCAL: Final = b"\x85\x01" + _PACK_I(_FLAGS_HAS_IS_REMOTE)
+_FLAGS_REMOTE: Final = b"\x85\x01" + _PACK_I(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
+# (tag, key, value type, value) -> encoded field. Bounded: cleared when full, so unique values
+# (request ids) only cost a re-warm now and then. The type keeps True, 1 and 1.0 apart.
+_KV_CACHE: dict[tuple[bytes, str, type, Any], bytes] = {}
 _KV_CACHE_MAX: Final = 4096
+_NAME_CACHE: dict[str, bytes] = {}
 # id(resource), id(scope) -> their encodings (a provider has one of each).
 _PREFIX_CACHE: dict[tuple[int, int], tuple[bytes, bytes, object, object]] = {}
 
@@ -85,24 +98,46 @@ def _any_value(value: Any) -> bytes:
     raise Unsupported(f"attribute value of type {t.__name__}")
 
 
-def _key_value(key: str, value: Any) -> bytes:
-    ck = (key, type(value), value) if type(value) is not list else None
-    if ck is not None:
-        cached = _KV_CACHE.get(ck)
-        if cached is not None:
-            return cached
-    encoded = _ld(b"\x0a", key.encode()) + _ld(b"\x12", _any_value(value))
-    if ck is not None:
+def _attribute(tag: bytes, key: str, value: Any) -> bytes:
+    """One attribute as a ``KeyValue`` field with ``tag`` (span 0x4a, event 0x1a, ...)."""
+    t = type(value)
+    if t is list:  # unhashable: not cached
+        return _ld(tag, _ld(b"\x0a", key.encode()) + _ld(b"\x12", _any_value(value)))
+    ck = (tag, key, t, value)
+    cached = _KV_CACHE.get(ck)
+    if cached is None:
+        cached = _ld(tag, _ld(b"\x0a", key.encode()) + _ld(b"\x12", _any_value(value)))
         if len(_KV_CACHE) >= _KV_CACHE_MAX:
             _KV_CACHE.clear()
-        _KV_CACHE[ck] = encoded
-    return encoded
+        _KV_CACHE[ck] = cached
+    return cached
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    return b"".join(_ld(tag, _key_value(k, v)) for k, v in attributes.items())
+    return b"".join([_attribute(tag, k, v) for k, v in attributes.items()])
+
+
+def _events(events: Sequence[Any]) -> list[bytes]:
+    out = []
+    for event in events:
+        body = b"\x09" + _PACK_Q(event.timestamp) if event.timestamp else b""
+        if event.name:
+            body += _ld(b"\x12", event.name.encode())
+        body += _attributes(b"\x1a", event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        out.append(_ld(b"\x5a", body))
+    return out
+
+
+def _status(status: Any) -> bytes:
+    body = _ld(b"\x12", status.description.encode()) if status.description else b""
+    code = status.status_code.value
+    if code:
+        body += b"\x18" + _SMALL[code]
+    return _ld(b"\x7a", body)
 
 
 def _prefixes(resource: Any, scope: Any) -> tuple[bytes, bytes]:
@@ -126,7 +161,31 @@ def _prefixes(resource: Any, scope: Any) -> tuple[bytes, bytes]:
     return res, sc
 
 
+def _recording_span(span: RecordingSpan) -> bytes:
+    """phiserve's own span: fields read straight from its slots, fixed parts precomputed."""
+    tid = span.trace_id
+    parts = [_PACK_IDS(b"\x0a\x10", tid >> 64, tid & _U64, b"\x12\x08", span.span_id)]
+    if span.parent_span_id:
+        parts.append(_PACK_PARENT(b"\x22\x08", span.parent_span_id))
+    name = _NAME_CACHE.get(span.name)
+    if name is None:
+        name = _ld(b"\x2a", span.name.encode()) if span.name else b""
+        if len(_NAME_CACHE) < 1024:
+            _NAME_CACHE[span.name] = name
+    parts.append(name)
+    parts.append(_KIND[span.kind])
+    parts.append(_PACK_TIMES(0x39, span.start_ns, 0x41, span.end_ns))
+    for key, value in span.attributes.items():
+        parts.append(_attribute(b"\x4a", key, value))
+    if span.events:
+        parts.extend(_events(span.events))
+    parts.append(_EMPTY_STATUS if span.status is _UNSET else _status(span.status))
+    parts.append(_FLAGS_REMOTE if span.parent_remote else _FLAGS_LOCAL)
+    return b"".join(parts)
+
+
 def _span(span: ReadableSpan) -> bytes:
+    """Any SDK span, through its public properties."""
     if span.links:
         raise Unsupported("links")
     ctx = span.context
@@ -145,7 +204,7 @@ def _span(span: ReadableSpan) -> bytes:
             flags |= _FLAGS_IS_REMOTE
     if span.name:
         parts.append(_ld(b"\x2a", span.name.encode()))
-    parts.append(b"\x30" + _SMALL[span.kind.value + 1])
+    parts.append(_KIND[span.kind])
     if span.start_time:
         parts.append(b"\x39" + _PACK_Q(span.start_time))
     if span.end_time:
@@ -153,24 +212,12 @@ def _span(span: ReadableSpan) -> bytes:
     parts.append(_attributes(b"\x4a", span.attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
-        body = b"\x09" + _PACK_Q(event.timestamp) if event.timestamp else b""
-        if event.name:
-            body += _ld(b"\x12", event.name.encode())
-        body += _attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_ld(b"\x5a", body))
+    parts.extend(_events(span.events))
     if span.dropped_events:
         parts.append(b"\x60" + _varint(span.dropped_events))
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
-    status = span.status
-    body = _ld(b"\x12", status.description.encode()) if status.description else b""
-    code = status.status_code.value
-    if code:
-        body += b"\x18" + _SMALL[code]
-    parts.append(_ld(b"\x7a", body))
+    parts.append(_status(span.status))
     parts.append(b"\x85\x01" + _PACK_I(flags))
     return b"".join(parts)
 
@@ -182,14 +229,19 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     # SDK's grouping slow. Equal objects with different identities are merged below.
     by_id: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
     for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope
+        if type(span) is RecordingSpan:
+            resource, scope = span.recorder.resource, span.recorder.scope
+            encoded = _recording_span(span)
+        else:
+            resource, scope = span.resource, span.instrumentation_scope
+            encoded = _span(span)
         by_scope = by_id.get(id(resource))
         if by_scope is None:
             by_scope = by_id[id(resource)] = (resource, {})
         entry = by_scope[1].get(id(scope))
         if entry is None:
             entry = by_scope[1][id(scope)] = (scope, [])
-        entry[1].append(_ld(b"\x12", _span(span)))
+        entry[1].append(_ld(b"\x12", encoded))
     groups: list[tuple[Any, list[tuple[Any, list[bytes]]]]] = []
     for resource, scopes in by_id.values():
         target = next((g for g in groups if g[0] == resource), None)
@@ -219,6 +271,11 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(out)
 
 
+def readable(spans: Sequence[Any]) -> list[ReadableSpan]:
+    """``spans`` as SDK :class:`ReadableSpan` objects (phiserve's own spans converted)."""
+    return [s.to_readable() if type(s) is RecordingSpan else s for s in spans]
+
+
 def span_exporter(protocol: str) -> SpanExporter:
     """An OTLP span exporter for ``protocol`` (``http/protobuf`` or ``grpc``), configured by the
     SDK from the ``OTEL_EXPORTER_OTLP_*`` environment, encoding with :func:`encode_request`."""
@@ -237,13 +294,13 @@ def _http_exporter() -> SpanExporter:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             client = getattr(self, "_client", None)
             if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
-                return super().export(spans)  # an SDK without the client we know
+                return super().export(readable(spans))  # an SDK without the client we know
             try:
                 data = encode_request(spans)
             except Unsupported:
-                return super().export(spans)
+                return super().export(readable(spans))
             if len(data) > getattr(self, "_max_request_size", len(data)):
-                return super().export(spans)  # the SDK logs and drops oversize batches
+                return super().export(readable(spans))  # the SDK logs and drops oversize batches
             result = client.export(data)  # compression, retries and backoff live there
             return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
@@ -264,6 +321,6 @@ def _grpc_exporter() -> SpanExporter:
                 # Parsing is C code (upb): far cheaper than building the message in Python.
                 return ExportTraceServiceRequest.FromString(encode_request(data))
             except Unsupported:
-                return super()._translate_data(data)
+                return super()._translate_data(readable(data))
 
     return FastGrpcSpanExporter()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from phiserve.context import SCOPE_KEY, RequestContext
 from phiserve.telemetry import tracing
@@ -112,15 +112,11 @@ class TelemetryMiddleware:
                 span_name = f"{method} {route.template}"
             else:
                 span_name = method  # semantic conventions: no route, method only
-            span, span_context = recorder.start_server(span_name, parent, attrs)
-            trace_id, span_id, flags = (
-                span_context.trace_id,
-                span_context.span_id,
-                int(span_context.trace_flags),
-            )
+            span, trace_id, span_id, flags = recorder.start_server(span_name, parent, attrs)
             if span is not None:
                 span_token = tracing._CURRENT.set(span)
             # OpenTelemetry's own context too, so SDK tracers and log correlation join this trace.
+            span_context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
             otel_token = otel_context.attach(
                 trace.set_span_in_context(NonRecordingSpan(span_context))
             )

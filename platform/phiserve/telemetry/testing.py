@@ -167,6 +167,8 @@ class OtlpHttpReceiver(_Receiver):
         store = self._store = _Store()
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real collector
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 encoding = self.headers.get("content-encoding", "")
@@ -176,6 +178,7 @@ class OtlpHttpReceiver(_Receiver):
                     body = zlib.decompress(body)
                 if self.path != "/v1/traces":
                     self.send_response(404)
+                    self.send_header("content-length", "0")
                     self.end_headers()
                     return
                 store.add(body, {k.lower(): v for k, v in self.headers.items()})

@@ -51,7 +51,7 @@ from opentelemetry.trace import (
 from phiserve.errors import ConfigurationError, PhiserveError
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import Tracer
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 TRACER_NAME: Final = "phiserve"
 DEFAULT_SERVICE_NAME: Final = "phiserve"
 REDACTED_MESSAGE: Final = "message withheld from telemetry"
+DEFAULT_BSP_QUEUE: Final = 8192
 
 # Span names for the request path, so traces look the same whoever records them.
 SPAN_AUTHENTICATE: Final = "authenticate"
@@ -145,25 +146,16 @@ NOOP_SPAN: Final = _NoopSpan()
 
 
 class RecordingSpan:
-    """A sampled span of the request path, exported when :meth:`end` is called.
+    """A sampled span of the request path, queued for export when :meth:`end` is called.
 
-    Timestamps are Unix-epoch nanoseconds. Attribute values that OpenTelemetry cannot carry
-    (``None``, objects) are dropped rather than breaking the export batch.
+    Timestamps are Unix-epoch nanoseconds. It goes through the SDK's batch processor as is, and
+    phiserve's exporter encodes it directly; :meth:`to_readable` gives the SDK's
+    :class:`~opentelemetry.sdk.trace.ReadableSpan` for anything else. Attribute values that
+    OpenTelemetry cannot carry (``None``, objects) are dropped by :meth:`set_attribute`.
     """
 
-    __slots__ = (
-        "_recorder",
-        "attributes",
-        "events",
-        "flags",
-        "kind",
-        "name",
-        "parent",
-        "span_id",
-        "start_ns",
-        "status",
-        "trace_id",
-    )
+    __slots__ = ("attributes", "end_ns", "events", "flags", "kind", "name", "parent_remote",
+                 "parent_span_id", "recorder", "span_id", "start_ns", "status", "trace_id")  # fmt: skip
 
     def __init__(
         self,
@@ -172,14 +164,16 @@ class RecordingSpan:
         trace_id: int,
         span_id: int,
         flags: int,
-        parent: SpanContext | None,
+        parent_span_id: int,
+        parent_remote: bool,
         kind: SpanKind,
         start_ns: int,
         attributes: dict[str, AttributeValue],
     ) -> None:
-        self._recorder = recorder
+        self.recorder = recorder
         self.name, self.trace_id, self.span_id, self.flags = name, trace_id, span_id, flags
-        self.parent, self.kind, self.start_ns = parent, kind, start_ns
+        self.parent_span_id, self.parent_remote = parent_span_id, parent_remote
+        self.kind, self.start_ns, self.end_ns = kind, start_ns, 0
         self.attributes = attributes
         self.events: list[Any] = []
         self.status = _UNSET
@@ -209,7 +203,7 @@ class RecordingSpan:
         self.status = status
 
     @property
-    def span_context(self) -> SpanContext:
+    def context(self) -> SpanContext:
         """This span's context, as OpenTelemetry's API represents it."""
         return SpanContext(self.trace_id, self.span_id, False, TraceFlags(self.flags))
 
@@ -218,12 +212,13 @@ class RecordingSpan:
     ) -> RecordingSpan:
         """A child span starting at ``start_ns`` (same trace, same sampling decision)."""
         return RecordingSpan(
-            self._recorder,
+            self.recorder,
             name,
             self.trace_id,
-            self._recorder.new_span_id(),
+            self.recorder.new_span_id(),
             self.flags,
-            self.span_context,
+            self.span_id,
+            False,
             SpanKind.INTERNAL,
             start_ns,
             attributes,
@@ -231,7 +226,35 @@ class RecordingSpan:
 
     def end(self, end_ns: int | None = None) -> None:
         """Finish the span and queue it for export."""
-        self._recorder.emit(self, end_ns if end_ns is not None else time.time_ns())
+        self.end_ns = end_ns if end_ns is not None else time.time_ns()
+        self.recorder.on_end(self)  # type: ignore[arg-type]
+
+    def to_readable(self) -> ReadableSpan:
+        """The SDK's representation, for exporters other than phiserve's own."""
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        parent = (
+            SpanContext(
+                self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags)
+            )
+            if self.parent_span_id
+            else None
+        )
+        return ReadableSpan(
+            self.name,
+            self.context,
+            parent,
+            self.recorder.resource,
+            self.attributes,
+            self.events,
+            (),
+            self.kind,
+            None,
+            self.status,
+            self.start_ns,
+            self.end_ns,
+            self.recorder.scope,
+        )
 
 
 def _valid_sequence(value: object) -> bool:
@@ -239,15 +262,16 @@ def _valid_sequence(value: object) -> bool:
 
 
 class _Recorder:
-    """Turns finished :class:`RecordingSpan` objects into SDK spans for the batch processor."""
+    """Samples server spans and hands finished spans to the SDK's batch processor."""
 
-    __slots__ = ("new_span_id", "new_trace_id", "processor", "provider", "random_ids", "resource",
-                 "sampler", "scope", "tracer")  # fmt: skip
+    __slots__ = ("new_span_id", "new_trace_id", "on_end", "processor", "provider", "random_ids",
+                 "resource", "sampler", "scope", "tracer")  # fmt: skip
 
     def __init__(self, provider: TracerProvider, processor: BatchSpanProcessor) -> None:
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.provider, self.processor = provider, processor
+        self.on_end = processor.on_end
         self.sampler = provider.sampler
         self.new_span_id = provider.id_generator.generate_span_id
         self.new_trace_id = provider.id_generator.generate_trace_id
@@ -259,10 +283,10 @@ class _Recorder:
 
     def start_server(
         self, name: str, parent: SpanContext | None, attributes: dict[str, AttributeValue]
-    ) -> tuple[RecordingSpan | None, SpanContext]:
+    ) -> tuple[RecordingSpan | None, int, int, int]:
         """Sample a SERVER span under ``parent`` (the caller's context, never the ambient one).
 
-        Returns the span (``None`` when not sampled) and its span context either way.
+        Returns the span (``None`` when not sampled) and its trace id, span id and flags.
         """
         if parent is None:
             trace_id, parent_ctx = self.new_trace_id(), _EMPTY_CONTEXT
@@ -274,35 +298,16 @@ class _Recorder:
         result = self.sampler.should_sample(parent_ctx, trace_id, name, SpanKind.SERVER, attributes)
         span_id = self.new_span_id()
         if not result.decision.is_sampled():
-            return None, SpanContext(trace_id, span_id, False, TraceFlags(flags))
+            return None, trace_id, span_id, flags
         if result.attributes and len(result.attributes) != len(attributes):
             attributes = dict(result.attributes)  # a sampler that adds attributes
+        flags |= _SAMPLED
         span = RecordingSpan(
-            self, name, trace_id, span_id, flags | _SAMPLED, parent, SpanKind.SERVER,
-            time.time_ns(), attributes,
+            self, name, trace_id, span_id, flags,
+            parent.span_id if parent is not None else 0, parent is not None,
+            SpanKind.SERVER, time.time_ns(), attributes,
         )  # fmt: skip
-        return span, span.span_context
-
-    def emit(self, span: RecordingSpan, end_ns: int) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan
-
-        self.processor.on_end(
-            ReadableSpan(
-                span.name,
-                SpanContext(span.trace_id, span.span_id, False, TraceFlags(span.flags)),
-                span.parent,
-                self.resource,
-                span.attributes,
-                span.events,
-                (),
-                span.kind,
-                None,
-                span.status,
-                span.start_ns,
-                end_ns,
-                self.scope,
-            )
-        )
+        return span, trace_id, span_id, flags
 
 
 class _State:
@@ -363,7 +368,10 @@ def configure_tracing() -> TracingStatus:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
-    processor = BatchSpanProcessor(span_exporter(protocol))  # OTEL_BSP_* from the environment
+    # OTEL_BSP_* from the environment; without OTEL_BSP_MAX_QUEUE_SIZE a deeper queue than the
+    # SDK's 2048 spans (~340 requests) so a burst does not drop spans.
+    queue = None if _env("OTEL_BSP_MAX_QUEUE_SIZE") else DEFAULT_BSP_QUEUE
+    processor = BatchSpanProcessor(span_exporter(protocol), max_queue_size=queue)
     provider.add_span_processor(processor)
     _STATE.provider = provider
     _STATE.recorder = _Recorder(provider, processor)
