@@ -472,6 +472,18 @@ def test_phi_buckets_use_sse_kms_and_deny_other_keys(
         )
     ]
     assert sse_c, f"{name}: customer-provided keys (SSE-C) are not denied"
+    # "aws:kms" without a key id means the AWS-managed aws/s3 key: must be denied too.
+    no_key_id = [
+        s
+        for s in statements
+        if s.get("effect") == "Deny"
+        and {(c["test"], c["variable"], tuple(c["values"])) for c in s.get("condition", [])}
+        == {
+            ("Null", "s3:x-amz-server-side-encryption", ("false",)),
+            ("Null", "s3:x-amz-server-side-encryption-aws-kms-key-id", ("true",)),
+        }
+    ]
+    assert no_key_id, f"{name}: aws:kms uploads without a key id (aws/s3 key) are not denied"
 
 
 @pytest.mark.parametrize("name", BUCKETS)

@@ -277,8 +277,8 @@ data "aws_iam_policy_document" "models" {
   }
 
   # Uploads without an encryption header get the bucket default (the models
-  # key). An explicit header must name SSE-KMS and, if it names a key, the
-  # models key: no SSE-S3, no SSE-C, no other key.
+  # key). An explicit header must name SSE-KMS together with the models key's
+  # ARN: no SSE-S3, no SSE-C, no aws/s3, no other key.
   statement {
     sid       = "DenyNonKmsEncryptionHeader"
     effect    = "Deny"
@@ -324,6 +324,31 @@ data "aws_iam_policy_document" "models" {
       test     = "StringNotEquals"
       variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
       values   = [var.models_kms_key_arn]
+    }
+  }
+
+  # "aws:kms" without a key id would silently use the AWS-managed aws/s3 key.
+  statement {
+    sid       = "DenyKmsWithoutKeyId"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.models.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["true"]
     }
   }
 
@@ -547,6 +572,31 @@ data "aws_iam_policy_document" "audit" {
       test     = "StringNotEquals"
       variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
       values   = [var.audit_kms_key_arn]
+    }
+  }
+
+  # "aws:kms" without a key id would silently use the AWS-managed aws/s3 key.
+  statement {
+    sid       = "DenyKmsWithoutKeyId"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.audit.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["true"]
     }
   }
 
