@@ -17,6 +17,8 @@ Everything is a near-free no-op when tracing is off; metrics are always recorded
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from phiserve.telemetry.metrics import (
     CONTENT_TYPE,
     METRICS,
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 
-def set_known_models(models: dict[str, list[int]] | dict[str, set[int]]) -> None:
+def set_known_models(models: Mapping[str, Iterable[int]]) -> None:
     """Replace the model names and versions allowed as label values (others: ``_unknown``)."""
     METRICS.set_known_models(models)
 

@@ -14,12 +14,14 @@ reads the rest of the environment itself: ``OTEL_TRACES_SAMPLER``/``_ARG``,
 
 Hot path: the request's spans do not go through the SDK's ``Tracer``/``Span`` objects, which cost
 about 16 us each. A small recorder asks the provider's sampler for the server span's decision,
-takes ids from its id generator, and hands finished :class:`~opentelemetry.sdk.trace.ReadableSpan`
-objects straight to the provider's :class:`~opentelemetry.sdk.trace.export.BatchSpanProcessor`
-(about 2 us each). Children inherit the server span's sampling decision, which is what every
-built-in sampler decides for them anyway. The exporter encodes with :mod:`._otlp` (about 3 us per
-span instead of 20). The SDK tracer is still available (:func:`get_tracer`) and parents its
-spans correctly: the request's span context is made current in OpenTelemetry's context too.
+takes ids from its id generator, and queues finished :class:`RecordingSpan` objects (slotted,
+about 2 us each) on the provider's :class:`~opentelemetry.sdk.trace.export.BatchSpanProcessor`.
+phiserve's exporter (:mod:`._otlp`) encodes them straight from their slots (about 1.5 us per
+span instead of the SDK encoder's 20) and converts them to SDK ``ReadableSpan`` objects for the
+stock encoder whenever it has to fall back. Children inherit the server span's sampling
+decision, which is what every built-in sampler decides for them anyway. The SDK tracer is still
+available (:func:`get_tracer`) and joins the request's trace: the request's span context is made
+current in OpenTelemetry's context too.
 
 PHI safety: spans carry route templates, bounded model labels, ids and numbers. Exceptions are
 recorded as their type and a fixed message, never ``str(exc)`` or a stack trace. Incoming
