@@ -250,3 +250,33 @@ def test_untouched_trail_verifies_and_frames_are_whole(
         scan = scan_frames(path.read_bytes())
         assert scan.torn_bytes == 0 and scan.corrupt_at is None
     assert read_trail(trail, provider, require_sealed=True)[0].ok
+
+
+def test_truncate_a_segment_inside_its_header(trail: Path, provider: FlakyProvider) -> None:
+    path = segment_paths(trail)[2]
+    path.write_bytes(path.read_bytes()[:5000])
+    assert "segment 3: file ends inside the segment header" in problem_of(trail, provider)
+
+
+def test_verify_tolerates_a_write_in_flight_on_a_live_tail(
+    trail: Path, provider: FlakyProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from phiserve.audit import verify
+
+    path = segment_paths(trail)[-1]
+    head, frames = frames_of(path)
+    whole = b"".join(frames[:-1])  # reopen the tail: drop the seal ...
+    write_frames(path, head, frames[:-1])
+    with path.open("ab") as fh:
+        fh.write(frames[-1][:10])  # ... and start writing it again, as a live writer would
+
+    def finish() -> None:
+        path.write_bytes(head + whole + frames[-1])
+
+    monkeypatch.setattr(verify, "LIVE_TAIL_RECHECK_S", 0.3)
+    threading.Timer(0.1, finish).start()
+    report, stored = read_trail(trail, provider)
+    assert report.ok, report.problem
+    assert len(stored) == RECORDS  # nothing passed on twice

@@ -219,6 +219,30 @@ def test_zero_filled_tail_counts_as_torn(
     assert read_trail(audit_dir, provider, require_sealed=True)[0].ok
 
 
+def test_final_frame_never_fully_written_is_torn(
+    audit_dir: Path, kek_file: Path, provider: FlakyProvider,
+    writer_factory: Callable[..., AuditWriter], caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    _crash_with_records(audit_dir, kek_file, 20)
+    _, before = read_trail(audit_dir, provider)
+    last = segment_paths(audit_dir)[-1]
+    head, frames = frames_of(last)
+    # Power loss: the file's length reached the disk, the end of the last frame did not.
+    frames[-1] = frames[-1][:-100] + b"\0" * 100
+    write_frames(last, head, frames)
+    with last.open("ab") as fh:
+        fh.write(b"\0" * 3000)
+
+    report, _ = read_trail(audit_dir, provider)
+    assert report.problem is not None and report.problem.kind == "torn"
+    with caplog.at_level(logging.WARNING, logger="phiserve.audit"):
+        writer_factory().close()
+    assert any("torn tail" in m for m in caplog.messages)
+    report, stored = read_trail(audit_dir, provider, require_sealed=True)
+    assert report.ok, report.problem
+    assert [r["mac"] for r in stored] == [r["mac"] for r in before[:-1]]
+
+
 def test_tampered_tail_is_not_laundered_by_recovery(
     audit_dir: Path, kek_file: Path, provider: FlakyProvider,
     writer_factory: Callable[..., AuditWriter],
@@ -227,7 +251,9 @@ def test_tampered_tail_is_not_laundered_by_recovery(
     last = segment_paths(audit_dir)[-1]
     head, frames = frames_of(last)
     assert len(frames) >= 2
-    frames[-1] = frames[-1][:-1] + bytes([frames[-1][-1] ^ 1])  # a complete frame, edited
+    edited = bytearray(frames[-2])  # a complete frame with a good frame after it, edited
+    edited[40] ^= 1
+    frames[-2] = bytes(edited)
     write_frames(last, head, frames)
     with pytest.raises(IntegrityError, match="cannot be resumed"):
         writer_factory()

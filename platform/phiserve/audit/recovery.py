@@ -67,12 +67,12 @@ def recover_stream(
     if res.sealed:
         return StreamTail(res.state, index)
     scan = res.scan
-    discarded = scan.size - scan.good_end
+    discarded = scan.size - res.good_end
     if discarded:
         log.warning(
             "audit: stream %s segment %d has a torn tail: %d bytes after frame %d do not form a "
             "complete frame; cutting them off and sealing the segment at record seq %d",
-            stream, index, discarded, len(scan.frames) - 1, res.state.seq,
+            stream, index, discarded, res.frames - 1, res.state.seq,
         )  # fmt: skip
     else:
         log.warning(
@@ -80,9 +80,10 @@ def recover_stream(
             "record seq %d",
             stream, index, res.state.seq,
         )  # fmt: skip
-    segment = SegmentFile.reopen(path, res.header, res.data_key, scan, res.records)
+    segment = SegmentFile.reopen(path, res.header, res.data_key, res.good_end, res.frames,
+                                 res.records)  # fmt: skip
     try:
-        os.ftruncate(segment.fd, scan.good_end)
+        os.ftruncate(segment.fd, res.good_end)
         fsio.sync(segment.fd)
         seal = build_seal(keys.chain_key, segment=index, count=res.records, state=res.state,
                           time=utc_iso(time.time()), recovered=True,

@@ -308,11 +308,11 @@ class SegmentFile:
         return cls(path, fd, header, data_key, DATA_START, 0, 0)
 
     @classmethod
-    def reopen(cls, path: Path, header: SegmentHeader, data_key: bytes, scan: Scan,
+    def reopen(cls, path: Path, header: SegmentHeader, data_key: bytes, end: int, frames: int,
                records: int) -> SegmentFile:  # fmt: skip
-        """Open an existing segment to append after its last complete frame."""
+        """Open an existing segment to append after its last good frame (at offset ``end``)."""
         fd = os.open(path, os.O_RDWR)
-        return cls(path, fd, header, data_key, scan.good_end, len(scan.frames), records)
+        return cls(path, fd, header, data_key, end, frames, records)
 
     def encrypt(self, frame_index: int, plaintext: bytes) -> bytes:
         """Frame bytes of ``plaintext`` at ``frame_index`` of this segment."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from phiserve.audit.chain import ChainState, genesis_mac, record_mac, seal_mac
 from phiserve.audit.keys import AuditKeys, load_keys, streams_on_disk
 from phiserve.audit.segments import (
+    DATA_START,
+    RawFrame,
     Scan,
     SegmentFormatError,
     SegmentHeader,
@@ -43,6 +46,9 @@ from phiserve.audit.segments import (
 )
 from phiserve.crypto.base import KeyProvider
 from phiserve.errors import IntegrityError
+
+# How long to wait before re-reading a final segment that ends inside a frame (a live write).
+LIVE_TAIL_RECHECK_S = 0.2
 
 ProblemKind = Literal["torn", "integrity", "missing", "unsealed", "key"]
 RecordSink = Callable[[str, dict[str, Any]], None]
@@ -82,6 +88,8 @@ class SegmentResult:
     data_key: bytes | None = None
     state: ChainState | None = None
     records: int = 0
+    frames: int = 0  # frames that verified
+    good_end: int = DATA_START  # offset just past the last frame that verified
     sealed: bool = False
     recovered: bool = False
     first_time: str | None = None
@@ -146,6 +154,9 @@ def check_segment(
         return res
 
     data = path.read_bytes()
+    if len(data) < DATA_START:
+        return fail("integrity", f"file ends inside the segment header ({len(data)} bytes; "
+                    "truncated)")  # fmt: skip
     try:
         header = parse_header(data)
     except SegmentFormatError as exc:
@@ -187,6 +198,10 @@ def check_segment(
         try:
             plain = open_frame(aead, header, frame.index, frame.payload)
         except IntegrityError:
+            if _never_written(data, frame, scan):
+                return fail("torn", f"torn tail: {scan.size - frame.offset} bytes from frame "
+                            f"{frame.index} on were never fully written (zero-filled; a crash "
+                            "mid-write not yet recovered)", frame.index)  # fmt: skip
             origin = locate_frame(aead, header, frame.index, frame.payload)
             if origin is None:
                 return fail("integrity", "frame failed authentication (edited or corrupted)",
@@ -215,6 +230,7 @@ def check_segment(
             res.sealed, res.recovered = True, bool(item.get("recovered"))
         else:
             return fail("integrity", f"unknown frame kind {kind!r}", frame.index)
+        res.frames, res.good_end = res.frames + 1, frame.end
     if scan.corrupt_at is not None:
         return fail("integrity", f"unreadable frame length at byte {scan.corrupt_at} "
                     "(corrupted)", len(scan.frames))  # fmt: skip
@@ -223,6 +239,18 @@ def check_segment(
         return fail(kind, f"torn tail: {scan.torn_bytes} bytes after the last complete frame "
                     "(a crash mid-write not yet recovered, or truncation)", len(scan.frames))  # fmt: skip
     return res
+
+
+def _never_written(data: bytes, frame: RawFrame, scan: Scan) -> bool:
+    """Whether a frame that failed authentication is the zero-filled end of an interrupted write.
+
+    After a crash (power loss in particular) a file can be longer than what reached the disk,
+    the rest reading as zeros. Only the final complete frame qualifies, and only if it ends in
+    zeros: calling it torn lets recovery cut it off loudly, which gives an editor nothing that
+    truncating the open tail would not.
+    """
+    last = scan.frames[-1]
+    return frame is last and scan.corrupt_at is None and data[frame.end - 1] == 0
 
 
 def _check_record(keys: AuditKeys, state: ChainState, item: dict[str, Any]) -> str | None:
@@ -254,6 +282,20 @@ def _check_seal(
     return None
 
 
+def _skip_first(count: int, sink: RecordSink | None) -> RecordSink | None:
+    if sink is None:
+        return None
+    seen = 0
+
+    def skipping(stream: str, record: dict[str, Any]) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > count:
+            sink(stream, record)
+
+    return skipping
+
+
 def check_stream(
     audit_dir: Path,
     stream: str,
@@ -276,6 +318,12 @@ def check_stream(
                                     f"segment {gap} missing (deleted or renamed)")  # fmt: skip
         res = check_segment(path, stream=stream, index=index, keys=keys, provider=provider,
                             expect=state, on_record=on_record)  # fmt: skip
+        if res.problem is not None and res.problem.kind == "torn" and position == len(segments):
+            # A running writer may be mid-write: look once more before calling the tail torn,
+            # passing on only the records not already passed on.
+            time.sleep(LIVE_TAIL_RECHECK_S)
+            res = check_segment(path, stream=stream, index=index, keys=keys, provider=provider,
+                                expect=state, on_record=_skip_first(res.records, on_record))  # fmt: skip
         summary.segments += 1
         summary.records += res.records
         summary.first_time = summary.first_time or res.first_time
