@@ -60,12 +60,15 @@ class Settings(BaseSettings):
     aws_kms_key_id: str | None = None
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    # The audit trail's own CMK; the serving role may only decrypt with the models key.
+    aws_audit_kms_key_id: str | None = None
     # `phiserve keys rotate` re-wraps every data key under this CMK (KMS rotates material itself).
     aws_kms_rotate_to_key_id: str | None = None
     vault_addr: str | None = None
     vault_token: SecretStr | None = None
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "phiserve"
+    vault_audit_transit_key: str | None = None
     vault_namespace: str | None = None
     vault_ca_cert: Path | None = None
     # Model name -> version served when a request names none; absent models serve their latest.

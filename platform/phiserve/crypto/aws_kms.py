@@ -140,19 +140,21 @@ class AwsKmsKeyProvider:
         self._client = client
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AwsKmsKeyProvider:
-        """Build from ``aws_kms_key_id``, ``aws_region`` and ``aws_endpoint_url``.
+    def from_settings(cls, settings: Settings, purpose: str = "models") -> AwsKmsKeyProvider:
+        """Build from ``aws_kms_key_id`` (or ``aws_audit_kms_key_id`` for the audit trail),
+        ``aws_region`` and ``aws_endpoint_url``.
 
         Credentials come from boto3's usual chain (environment, web identity / IRSA, instance
-        profile). A rotation target is read from ``aws_kms_rotate_to_key_id`` if the settings
-        define it.
+        profile). A rotation target is read from ``aws_kms_rotate_to_key_id``.
         """
+        key_id = settings.aws_kms_key_id
+        if purpose == "audit" and settings.aws_audit_kms_key_id:
+            key_id = settings.aws_audit_kms_key_id
         return cls(
-            settings.aws_kms_key_id or "",
+            key_id or "",
             region=settings.aws_region,
             endpoint_url=settings.aws_endpoint_url,
-            # Optional setting, not (yet) in every Settings version.
-            rotate_to=settings.aws_kms_rotate_to_key_id,
+            rotate_to=settings.aws_kms_rotate_to_key_id if purpose == "models" else None,
         )
 
     def __repr__(self) -> str:

@@ -150,19 +150,20 @@ class VaultTransitKeyProvider:
         self._client = client
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VaultTransitKeyProvider:
-        """Build from ``vault_addr``, ``vault_token``, ``vault_transit_mount`` and ``_key``.
-
-        A CA bundle and a namespace are read from ``vault_ca_cert`` and ``vault_namespace`` if
-        the settings define them.
+    def from_settings(cls, settings: Settings, purpose: str = "models") -> VaultTransitKeyProvider:
+        """Build from ``vault_addr``, ``vault_token``, ``vault_transit_mount`` and
+        ``vault_transit_key`` (or ``vault_audit_transit_key`` for the audit trail), with an
+        optional CA bundle (``vault_ca_cert``) and namespace (``vault_namespace``).
         """
-        # Optional settings, not (yet) in every Settings version.
         ca_cert = settings.vault_ca_cert
+        key = settings.vault_transit_key
+        if purpose == "audit" and settings.vault_audit_transit_key:
+            key = settings.vault_audit_transit_key
         return cls(
             settings.vault_addr or "",
             settings.vault_token,
             mount=settings.vault_transit_mount,
-            key=settings.vault_transit_key,
+            key=key,
             verify=str(ca_cert) if ca_cert else True,
             namespace=settings.vault_namespace,
         )
