@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from phiserve.audit.chain import ChainState, genesis_mac, record_mac
@@ -88,3 +90,10 @@ def test_record_round_trips_and_chain_links() -> None:
 
 def test_canonical_is_stable() -> None:
     assert canonical({"b": 1, "a": "é"}) == b'{"a":"\\u00e9","b":1}'
+
+
+def test_frame_plaintext_is_the_record_as_json() -> None:
+    record = ChainState(0, "00" * 32).link(b"k" * 32, make_event())
+    assert json.loads(record.frame_plaintext()) == record.to_dict()
+    unsigned = AuditRecord(record.seq, record.event, record.prev_mac, record.mac)
+    assert json.loads(unsigned.frame_plaintext()) == record.to_dict()

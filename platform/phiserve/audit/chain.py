@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from phiserve.audit.record import AuditEvent, AuditRecord, canonical, mac_input
@@ -57,12 +57,13 @@ class ChainState:
     def link(self, chain_key: bytes, event: AuditEvent) -> AuditRecord:
         """The record that follows this state (the state itself is not changed)."""
         seq = self.seq + 1
-        mac = record_mac(chain_key, self.mac, seq, event.to_dict())
-        return AuditRecord(seq=seq, event=event, prev_mac=self.mac, mac=mac)
+        signed = mac_input(seq, event.to_dict())
+        mac = hmac.new(chain_key, bytes.fromhex(self.mac) + signed, hashlib.sha256).hexdigest()
+        return AuditRecord(seq=seq, event=event, prev_mac=self.mac, mac=mac, signed=signed)
 
     def after(self, record: AuditRecord) -> ChainState:
         """The state once ``record`` is durable."""
-        return replace(self, seq=record.seq, mac=record.mac)
+        return ChainState(record.seq, record.mac)
 
 
 def build_seal(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -160,11 +160,24 @@ class AuditRecord:
     event: AuditEvent
     prev_mac: str
     mac: str
+    # The canonical bytes the MAC covers (:func:`mac_input`), kept to build the frame from.
+    signed: bytes = field(default=b"", compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (inside an encrypted frame) and exported."""
         return {"kind": "record", "v": SCHEMA_VERSION, "seq": self.seq, **self.event.to_dict(),
                 "prev_mac": self.prev_mac, "mac": self.mac}  # fmt: skip
+
+    def frame_plaintext(self) -> bytes:
+        """JSON of :meth:`to_dict`, reusing the MAC'd bytes (one JSON encoding per record).
+
+        Key order inside a frame does not matter: readers parse it, and the MAC is checked by
+        re-encoding the fields canonically.
+        """
+        if not self.signed:
+            return canonical(self.to_dict())
+        tail = f',"kind":"record","prev_mac":"{self.prev_mac}","mac":"{self.mac}"}}'
+        return self.signed[:-1] + tail.encode()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditRecord:

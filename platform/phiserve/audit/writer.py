@@ -326,7 +326,7 @@ class AuditWriter:
         limit = self.segment_max_bytes - _SEAL_RESERVE
         for item in items:
             record = state.link(keys.chain_key, item.event)
-            plain = canonical(record.to_dict())
+            plain = record.frame_plaintext()
             if (segment.records or written) and size + len(plain) + overhead > limit:
                 return bytes(out), written, state, True
             out += segment.encrypt(frame, plain)
