@@ -135,8 +135,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(
                 acked[request_id] = int(seq)
             os.kill(child.pid, signal.SIGKILL)  # mid-load: dozens of appends in flight
         finally:
-            child.kill()
-            child.wait()
+            _stop(child)
         # Whatever was acknowledged is there, before any recovery.
         report, stored = read_trail(audit_dir, provider)
         on_disk = {r["request_id"]: r["seq"] for r in stored}
@@ -164,6 +163,13 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(
     assert ids[-1] == "after-restart"
 
 
+def _stop(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
 def _crash_with_records(audit_dir: Path, kek_file: Path, count: int) -> None:
     child = _start_child(audit_dir, kek_file)
     assert child.stdout is not None
@@ -172,8 +178,7 @@ def _crash_with_records(audit_dir: Path, kek_file: Path, count: int) -> None:
         for _ in range(count):
             child.stdout.readline()
     finally:
-        child.kill()
-        child.wait()
+        _stop(child)
 
 
 def test_torn_tail_is_reported_cut_and_sealed(
