@@ -235,8 +235,8 @@ def check_segment(
         return fail("integrity", f"unreadable frame length at byte {scan.corrupt_at} "
                     "(corrupted)", len(scan.frames))  # fmt: skip
     if scan.torn_bytes:
-        kind: ProblemKind = "integrity" if res.sealed else "torn"
-        return fail(kind, f"torn tail: {scan.torn_bytes} bytes after the last complete frame "
+        tail_kind: ProblemKind = "integrity" if res.sealed else "torn"
+        return fail(tail_kind, f"torn tail: {scan.torn_bytes} bytes after the last complete frame "
                     "(a crash mid-write not yet recovered, or truncation)", len(scan.frames))  # fmt: skip
     return res
 
