@@ -83,7 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     directory = _audit_dir(args, settings)
     if not directory.is_dir():
         raise ConfigurationError(f"audit folder {directory} does not exist")
-    report = verify_trail(directory, key_provider_from_settings(settings),
+    report = verify_trail(directory, key_provider_from_settings(settings, purpose="audit"),
                           require_sealed=args.sealed)  # fmt: skip
     if args.json:
         print(json.dumps(_summary(report), indent=2))
@@ -117,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     directory = _audit_dir(args, settings)
     if not directory.is_dir():
         raise ConfigurationError(f"audit folder {directory} does not exist")
-    provider = key_provider_from_settings(settings)
+    provider = key_provider_from_settings(settings, purpose="audit")
     # The export is recorded (durably) before a single record leaves the trail.
     writer = AuditWriter(directory, provider, stream=CLI_STREAM,
                          segment_max_bytes=settings.audit_segment_max_bytes,
