@@ -1,7 +1,8 @@
 """Builds phiserve's ASGI stack from settings: the layers every request passes through.
 
-Outermost first: request context -> authentication and authorization -> the V2 routes. All
-layers are plain ASGI: no BaseHTTPMiddleware, no body buffering outside the infer handler.
+Outermost first: request context -> telemetry (server span, metrics) -> authentication and
+authorization -> the V2 routes. All layers are plain ASGI: no BaseHTTPMiddleware, no body
+buffering outside the infer handler.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from phiserve import telemetry
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.protocol.dataplane import DataPlane
@@ -30,12 +32,14 @@ class Platform:
     app: ASGIApp
 
     async def start(self) -> None:
-        """Load models (and open sinks) before the first request."""
+        """Start exporters and load models before the first request (in the worker process)."""
+        telemetry.configure_tracing()
         await self.dataplane.start()
 
     async def stop(self) -> None:
-        """Drain: finish queued work, then release resources."""
+        """Drain: finish queued work, then flush telemetry and release resources."""
         await self.dataplane.stop()
+        telemetry.shutdown_tracing()
 
 
 def build_platform(settings: Settings) -> Platform:
@@ -45,8 +49,12 @@ def build_platform(settings: Settings) -> Platform:
     models load in :meth:`Platform.start`.
     """
     dataplane = DataPlane(settings)
-    app: ASGIApp = V2App(dataplane, settings.max_request_bytes, _no_metrics)
+    metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
+    app: ASGIApp = V2App(dataplane, settings.max_request_bytes, metrics)
     if settings.auth_enabled:
         app = AuthMiddleware(app, TokenVerifier.from_settings(settings))
+    app = telemetry.TelemetryMiddleware(
+        app, metrics=telemetry.METRICS if settings.metrics_enabled else None
+    )
     app = ContextMiddleware(app)
     return Platform(settings=settings, dataplane=dataplane, app=app)

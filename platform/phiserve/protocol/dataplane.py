@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from phiserve import __version__
+from phiserve import __version__, telemetry
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import (
@@ -108,15 +108,15 @@ class DataPlane:
                 model.warm_up()
             except PhiserveError as exc:
                 self.failures[(name, version)] = exc.message
+                telemetry.set_model_ready(name, version, False)
                 log.error("%s", exc.message)
                 continue
             self.failures.pop((name, version), None)
+            seconds = time.perf_counter() - started
             self.loaded.setdefault(name, {})[version] = LoadedVersion(
-                artifact.manifest,
-                model,
-                Batcher(model, self.settings.batching_for(name)),
-                time.perf_counter() - started,
+                artifact.manifest, model, Batcher(model, self.settings.batching_for(name)), seconds
             )
+            telemetry.model_loaded(name, version, seconds)
         for name, versions in self.loaded.items():
             all_versions = sorted({*versions, *(v for (m, v) in self.failures if m == name)})
             self.defaults[name] = default_version(name, all_versions, self.settings.pinned_versions)
@@ -221,10 +221,14 @@ class DataPlane:
             raise DeadlineExceeded(
                 f"model {lv.manifest.name!r}: no result within {self.settings.request_timeout_s} s"
             ) from None
-        selected = _select_outputs(lv.manifest, request, outputs)
-        body, header_length = encode_response(
-            lv.manifest.name, str(lv.manifest.version), request.id, selected
+        telemetry.record_inference(
+            lv.manifest.name, lv.manifest.version, timings, lv.model.provider
         )
+        selected = _select_outputs(lv.manifest, request, outputs)
+        with telemetry.child_span(telemetry.SPAN_ENCODE):
+            body, header_length = encode_response(
+                lv.manifest.name, str(lv.manifest.version), request.id, selected
+            )
         return InferResult(
             body, header_length, lv.manifest.name, lv.manifest.version, timings, lv.model.provider
         )

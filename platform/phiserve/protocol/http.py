@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from phiserve import telemetry
 from phiserve.context import get_context
 from phiserve.errors import (
     BadRequest,
@@ -149,7 +150,8 @@ class V2App:
                 if not value.isdigit():
                     raise BadRequest("Inference-Header-Content-Length is not a number")
                 header_length = int(value)
-        request = decode_request(body, header_length, self.max_request_bytes)
+        with telemetry.child_span(telemetry.SPAN_DECODE):
+            request = decode_request(body, header_length, self.max_request_bytes)
         result = await self.dataplane.infer(lv, request)
         ctx.batch_size = result.timings.batch_size
         headers = [_JSON] if result.header_length is None else [_OCTETS]

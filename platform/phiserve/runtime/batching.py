@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from phiserve import telemetry
 from phiserve.config import BatchingSettings
 from phiserve.errors import Overloaded
 from phiserve.runtime.onnx import OnnxModel
@@ -48,6 +49,7 @@ class Batcher:
 
     def __init__(self, model: OnnxModel, settings: BatchingSettings) -> None:
         self.model = model
+        self._name, self._version = model.manifest.name, model.manifest.version
         batchable = settings.enabled and model.manifest.max_batch_size > 0
         self.max_batch_size = (
             min(settings.max_batch_size, model.manifest.max_batch_size) if batchable else 1
@@ -127,6 +129,7 @@ class Batcher:
                 continue
             finished = time.perf_counter_ns()
             rows = sum(item.rows for item in batch)
+            telemetry.observe_batch(self._name, self._version, rows, started, finished)
             for item, result in zip(batch, outputs, strict=True):
                 item.timings.started_ns, item.timings.finished_ns = started, finished
                 item.timings.batch_size = rows

@@ -28,6 +28,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from phiserve import telemetry
 from phiserve.context import SCOPE_KEY, RequestContext
 from phiserve.errors import PhiserveError, send_error
 from phiserve.security.authorization import authorize
@@ -86,7 +87,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self.verifier.averify(bearer_token(scope["headers"]))
+            with telemetry.child_span(telemetry.SPAN_AUTHENTICATE):
+                principal = await self.verifier.averify(bearer_token(scope["headers"]))
             # Recorded before the scope check so a 403's audit record says who was refused.
             ctx.subject = principal.subject
             ctx.scopes = principal.scopes
