@@ -38,6 +38,7 @@ import psutil  # noqa: E402
 from locust import FastHttpUser, constant, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
+from benchmarks.machine import cpu_seconds, process_tree  # noqa: E402
 from benchmarks.payloads import Payload  # noqa: E402
 
 
@@ -77,28 +78,6 @@ class LoadResult:
     loadgen_cpu_s: float = 0.0
     machine_busy: float = 0.0  # fraction of all cores busy during the window
     cores: int = field(default_factory=lambda: psutil.cpu_count() or 1)
-
-
-def _tree(pids: list[int]) -> list[psutil.Process]:
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs += [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    return procs
-
-
-def _cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def run(config: LoadConfig) -> LoadResult:
@@ -184,13 +163,13 @@ def run(config: LoadConfig) -> LoadResult:
     runner.start(count, spawn_rate=max(count, 1) * 10)
 
     gevent.sleep(config.warmup_s)
-    procs = _tree(config.server_pids)
+    procs = process_tree(config.server_pids)
     me = psutil.Process()
-    cpu0, mine0, sys0 = _cpu_seconds(procs), _cpu_seconds([me]), psutil.cpu_times()
+    cpu0, mine0, sys0 = cpu_seconds(procs), cpu_seconds([me]), psutil.cpu_times()
     window["start"] = time.time()
     window["end"] = window["start"] + config.seconds
     gevent.sleep(config.seconds)
-    cpu1, mine1, sys1 = _cpu_seconds(procs), _cpu_seconds([me]), psutil.cpu_times()
+    cpu1, mine1, sys1 = cpu_seconds(procs), cpu_seconds([me]), psutil.cpu_times()
     window["end"] = min(window["end"], time.time())
     runner.quit()
 

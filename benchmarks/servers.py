@@ -147,9 +147,20 @@ def mlserver_available() -> str | None:
     return out.stdout.strip() or None
 
 
-def start_mlserver(model_name: str, model_file: Path, workdir: Path) -> BenchServer:
-    """``mlserver start`` with default settings except ports, loopback and the model entry."""
-    root = workdir / "mlserver"
+def start_mlserver(
+    model_name: str,
+    model_file: Path,
+    workdir: Path,
+    *,
+    label: str = "MLServer",
+    overrides: dict[str, object] | None = None,
+) -> BenchServer:
+    """``mlserver start`` with default settings except ports, loopback and the model entry.
+
+    ``overrides``: further settings.json entries (e.g. ``{"debug": False}``), shown in the report.
+    """
+    slug = label.lower().replace(" ", "-").replace("=", "").replace("(", "").replace(")", "")
+    root = workdir / slug
     model_dir = root / model_name
     model_dir.mkdir(parents=True)
     settings = {
@@ -158,6 +169,7 @@ def start_mlserver(model_name: str, model_file: Path, workdir: Path) -> BenchSer
         "http_port": free_port(),
         "grpc_port": free_port(),
         "metrics_port": free_port(),
+        **(overrides or {}),
     }
     (root / "settings.json").write_text(json.dumps(settings, indent=2))
     model_settings = {
@@ -166,7 +178,7 @@ def start_mlserver(model_name: str, model_file: Path, workdir: Path) -> BenchSer
         "parameters": {"uri": str(model_file)},
     }
     (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
-    log_path = workdir / "mlserver.log"
+    log_path = workdir / f"{slug}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)],
@@ -181,7 +193,7 @@ def start_mlserver(model_name: str, model_file: Path, workdir: Path) -> BenchSer
         {**model_settings, "parameters": {"uri": "<plaintext ONNX in the bench temp dir>"}}
     )
     return BenchServer(
-        label="MLServer",
+        label=label,
         url=f"http://127.0.0.1:{settings['http_port']}",
         settings=shown,
         proc=proc,
