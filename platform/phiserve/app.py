@@ -1,19 +1,22 @@
 """Builds phiserve's ASGI stack from settings: the layers every request passes through.
 
-Outermost first: request context -> telemetry (server span, metrics) -> authentication and
-authorization -> the V2 routes. All layers are plain ASGI: no BaseHTTPMiddleware, no body
+Outermost first: request context -> telemetry (server span, metrics) -> audit (one durable
+record per request, allowed or refused) -> authentication and authorization -> the V2 routes. All layers are plain ASGI: no BaseHTTPMiddleware, no body
 buffering outside the infer handler.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
+from phiserve.audit import AuditMiddleware, AuditWriter
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
+from phiserve.crypto import key_provider_from_settings
 from phiserve.protocol.dataplane import DataPlane
 from phiserve.protocol.http import V2App, send_response
 from phiserve.security import AuthMiddleware, TokenVerifier
@@ -30,15 +33,21 @@ class Platform:
     settings: Settings
     dataplane: DataPlane
     app: ASGIApp
+    audit: AuditWriter | None
 
     async def start(self) -> None:
-        """Start exporters and load models before the first request (in the worker process)."""
+        """Open the audit trail, start exporters and load models (in the worker process)."""
         telemetry.configure_tracing()
+        if self.audit:
+            # Recovers a torn tail from a crash; raises on a tampered trail.
+            await asyncio.to_thread(self.audit.start)
         await self.dataplane.start()
 
     async def stop(self) -> None:
-        """Drain: finish queued work, then flush telemetry and release resources."""
+        """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
+        if self.audit:
+            await self.audit.aclose()
         telemetry.shutdown_tracing()
 
 
@@ -53,8 +62,14 @@ def build_platform(settings: Settings) -> Platform:
     app: ASGIApp = V2App(dataplane, settings.max_request_bytes, metrics)
     if settings.auth_enabled:
         app = AuthMiddleware(app, TokenVerifier.from_settings(settings))
+    audit = None
+    if settings.audit_enabled:
+        provider = key_provider_from_settings(settings, purpose="audit")
+        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+        dataplane.health_checks["audit trail"] = lambda: audit.healthy
+        app = AuditMiddleware(app, audit)
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
     app = ContextMiddleware(app)
-    return Platform(settings=settings, dataplane=dataplane, app=app)
+    return Platform(settings=settings, dataplane=dataplane, app=app, audit=audit)

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     audit_segment_max_bytes: PositiveInt = 64 * 1024 * 1024
     audit_segment_max_age_s: PositiveInt = 3600
     audit_stdout: bool = False
+    # One writer per stream: pods sharing an audit volume each need their own (the chart uses
+    # the pod name).
+    audit_stream: str = Field(default="server", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
     # --- telemetry -----------------------------------------------------------------------------
     metrics_enabled: bool = True

@@ -14,7 +14,7 @@ import sys
 from phiserve.errors import PhiserveError
 
 # Sub-command modules, in the order ``phiserve --help`` lists them.
-_MODULES = ("serve", "dev", "models", "keys", "token")
+_MODULES = ("serve", "dev", "models", "keys", "token", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from phiserve.audit import rewrap as rewrap_audit
 from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.repository.store import ModelRepository
@@ -15,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     keys = parser.add_subparsers(dest="keys_command", required=True)
     keys.add_parser("init", help="create the local KEK file if missing").set_defaults(func=init)
     keys.add_parser(
-        "rotate", help="new KEK; re-wrap every data key; retire the old KEK"
+        "rotate",
+        help="new KEK; re-wrap every data key; retire the old KEK (run with the server stopped)",
     ).set_defaults(func=rotate)
 
 
@@ -28,15 +30,18 @@ def init(args: argparse.Namespace) -> int:
 
 
 def rotate(args: argparse.Namespace) -> int:
-    """Rotate the KEK: re-wrap model and audit data keys, then retire the old KEK."""
-    from phiserve.audit.keys import rewrap as rewrap_audit
+    """Rotate the KEK: re-wrap model and audit data keys, then retire the old KEK.
 
+    Run it with the server stopped: a running server would keep wrapping new audit segments
+    under the KEK that is being retired.
+    """
     settings = load_settings()
     provider = key_provider_from_settings(settings)
     # The provider keeps the old KEK until retire_others(), so it unwraps old and wraps new.
     new_id = provider.rotate()
     models = ModelRepository(settings.repository_dir).rewrap(provider)
-    audit = rewrap_audit(settings.audit_path, provider) if settings.audit_path.exists() else 0
+    # Built after the rotation so a local key file is read with both KEKs in it.
+    audit = rewrap_audit(settings.audit_path, key_provider_from_settings(settings, purpose="audit"))
     provider.retire_others()
     print(f"rotated to KEK {new_id}: re-wrapped {models} model versions and {audit} audit keys")
     return 0

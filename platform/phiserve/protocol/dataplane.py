@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,8 @@ class DataPlane:
         self.failures: dict[tuple[str, int], str] = {}
         self.defaults: dict[str, int] = {}
         self.draining = False
+        # Dependencies that must work for us to be ready (name -> healthy?), e.g. the audit sink.
+        self.health_checks: dict[str, Callable[[], bool]] = {}
         self._retry_task: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -146,17 +149,17 @@ class DataPlane:
                 await lv.batcher.stop()
 
     # --- health and metadata ---------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        """Ready when every version in the repository is loaded and we are not draining."""
-        return bool(self.loaded) and not self.failures and not self.draining
-
     def readiness(self) -> dict[str, Any]:
-        """Body of /v2/health/ready: the reasons are names and causes, never data."""
-        body: dict[str, Any] = {"ready": self.ready}
+        """Body of /v2/health/ready: ready when every version is loaded, every dependency works
+        and we are not draining. The reasons are names and causes, never data."""
+        unhealthy = sorted(name for name, check in self.health_checks.items() if not check())
+        ready = bool(self.loaded) and not self.failures and not unhealthy and not self.draining
+        body: dict[str, Any] = {"ready": ready}
         if self.draining:
             body["reason"] = "draining"
-        elif self.failures:
+        if unhealthy:
+            body["unavailable"] = unhealthy
+        if self.failures:
             body["failures"] = [
                 {"model": m, "version": v, "cause": c}
                 for (m, v), c in sorted(self.failures.items())
