@@ -235,3 +235,9 @@ seccompProfile:
 {{- define "phiserve.checkovNamespaceSkip" -}}
 checkov.io/skip9: CKV_K8S_21=Rendered into the release namespace (helm -n phiserve); checkov renders the chart without one, so it sees the default namespace.
 {{- end -}}
+
+{{/* "true" when every image the server pod runs is pinned by digest */}}
+{{- define "phiserve.allDigests" -}}
+{{- $aws := or (eq (include "phiserve.modelSource" .) "s3") (and .Values.audit.enabled .Values.audit.s3.bucket) -}}
+{{- if and .Values.image.digest (or (not $aws) .Values.awsCli.image.digest) -}}true{{- end -}}
+{{- end -}}
