@@ -121,7 +121,12 @@ def render_table(values: dict[str, Any] | None = None, plist: list[Param] | None
             if section is not None:
                 lines.append("")
             section = p.section
-            lines += [f"### {section}", "", "| Name | Description | Default |", "| --- | --- | --- |"]
+            lines += [
+                f"### {section}",
+                "",
+                "| Name | Description | Default |",
+                "| --- | --- | --- |",
+            ]
         default = lookup(values, p.path)
         shown = "(missing)" if default is _MISSING else _default(default)
         description = p.description.replace("|", "\\|")
@@ -168,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"copied {DASHBOARD_SOURCE.relative_to(REPO)}")
 
     for problem in problems:
-        print(f"chart_docs: {problem}; run: .venv/bin/python helm/scripts/chart_docs.py", file=sys.stderr)
+        print(
+            f"chart_docs: {problem}; run: .venv/bin/python helm/scripts/chart_docs.py",
+            file=sys.stderr,
+        )
     return 1 if problems else 0
 
 

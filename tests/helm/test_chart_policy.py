@@ -277,9 +277,7 @@ def test_probes_use_the_v2_health_routes(profile: str) -> None:
 
 def test_pod_tls_switches_probes_to_https() -> None:
     server = server_container(find(docs("production"), "Deployment"))
-    assert {server[p]["httpGet"]["scheme"] for p in ("startupProbe", "livenessProbe")} == {
-        "HTTPS"
-    }
+    assert {server[p]["httpGet"]["scheme"] for p in ("startupProbe", "livenessProbe")} == {"HTTPS"}
     config = find(docs("production"), "ConfigMap", "phiserve-config")["data"]
     assert config["PHISERVE_TLS_CERT_FILE"] == "/etc/phiserve/secrets/tls/tls.crt"
 
@@ -333,7 +331,9 @@ def test_network_policy_production_egress() -> None:
     for r in egress:
         assert r.get("to")
     peers = [p for r in np["spec"]["ingress"] for p in r["from"]]
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    } in peers
 
 
 def test_scaling_and_disruption() -> None:
@@ -347,7 +347,10 @@ def test_scaling_and_disruption() -> None:
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     pdb = find(manifests, "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
-    keys = {c["topologyKey"] for c in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]}
+    keys = {
+        c["topologyKey"]
+        for c in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    }
     assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
 
 

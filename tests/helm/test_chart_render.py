@@ -42,7 +42,9 @@ def test_lint_strict(helm: str) -> None:
         for f in files:
             cmd += ["-f", str(CHART / f)]
         proc = run(cmd)
-        assert proc.returncode == 0, f"{helm} lint --strict ({profile}):\n{proc.stdout}{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"{helm} lint --strict ({profile}):\n{proc.stdout}{proc.stderr}"
+        )
         assert "0 chart(s) failed" in proc.stdout
 
 
@@ -151,9 +153,19 @@ def test_notes_warn_about_unsafe_defaults() -> None:
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "keyProvider.type is local" in notes
     assert "audit trail is on an emptyDir" in notes
+    prod_values = str(CHART / "examples/production.yaml")
     prod = run(
-        [tool("helm4"), "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run"]
-        + ["-f", str(CHART / "examples/production.yaml")]
+        [
+            tool("helm4"),
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--dry-run",
+            "-f",
+            prod_values,
+        ]
     )
     assert "WARNINGS" not in prod.stdout.split("NOTES:", 1)[1]
 

@@ -81,7 +81,11 @@ def test_parses_with_known_instructions(flavour: str) -> None:
 
 def test_base_images(flavour: str) -> None:
     ins = parse(containerfile(flavour))
-    args = {i.value.split("=", 1)[0]: i.value.split("=", 1)[1] for i in ins if i.keyword == "ARG" and "=" in i.value}
+    args = {
+        i.value.split("=", 1)[0]: i.value.split("=", 1)[1]
+        for i in ins
+        if i.keyword == "ARG" and "=" in i.value
+    }
     if flavour == "cpu":
         assert re.match(r"python:3\.11-slim", args["PYTHON_IMAGE"])
     else:
