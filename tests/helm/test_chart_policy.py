@@ -3,6 +3,7 @@ CPU profiles, drain and probes that match the server, network policy, scaling ob
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -402,3 +403,42 @@ def test_audit_persistence_and_shipping() -> None:
     env = {e["name"]: e.get("value") for e in shipper["env"]}
     assert env["AUDIT_DEST"] == "s3://phiserve-prod-123456789012-audit/audit"
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
+
+
+# ------------------------------------------------------------------------------------------
+# Every rendered setting is one the server knows, with a value it accepts
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_rendered_settings_are_accepted_by_the_server(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phiserve.config import Settings
+
+    manifests = docs(profile)
+    env = dict(find(manifests, "ConfigMap", "phiserve-config")["data"])
+    server = server_container(find(manifests, "Deployment"))
+    env.update({e["name"]: e.get("value", "from-a-secret") for e in server["env"]})
+    fields = set(Settings.model_fields)
+    unknown = [
+        k for k in env if k.startswith("PHISERVE_") and k[len("PHISERVE_") :].lower() not in fields
+    ]
+    assert not unknown, f"{profile}: settings the server does not have: {unknown}"
+    for key in list(os.environ):
+        if key.startswith("PHISERVE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("PHISERVE_"):
+            monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.host == "0.0.0.0"
+    assert str(settings.home) == env["PHISERVE_HOME"]
+    assert (
+        settings.drain_delay_s + settings.drain_timeout_s
+        < (
+            find(manifests, "Deployment")["spec"]["template"]["spec"][
+                "terminationGracePeriodSeconds"
+            ]
+        )
+    )
