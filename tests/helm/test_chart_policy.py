@@ -396,12 +396,18 @@ def test_audit_persistence_and_shipping() -> None:
     shipper = next(c for c in spec["initContainers"] if c["name"] == "audit-shipper")
     assert shipper["restartPolicy"] == "Always"  # native sidecar: outlives the server
     audit_mount = next(m for m in shipper["volumeMounts"] if m["name"] == "audit")
-    assert audit_mount["readOnly"] is True and audit_mount["subPathExpr"] == "$(POD_NAME)"
+    assert audit_mount["readOnly"] is True
     server = next(c for c in spec["containers"] if c["name"] == "server")
-    server_mount = next(m for m in server["volumeMounts"] if m["name"] == "audit")
-    assert server_mount["subPathExpr"] == "$(POD_NAME)"
+    server_env = {e["name"]: e.get("value") for e in server["env"]}
+    # Each pod its own folder (trail, stream) on the shared claim, made by the server's uid.
+    assert server_env["PHISERVE_AUDIT_DIR"] == "/var/lib/phiserve/audit/$(POD_NAME)"
+    names = [e["name"] for e in server["env"]]
+    assert names.index("POD_NAME") < names.index("PHISERVE_AUDIT_DIR")
+    config = find(manifests, "ConfigMap", "phiserve-config")["data"]
+    assert "PHISERVE_AUDIT_DIR" not in config
     env = {e["name"]: e.get("value") for e in shipper["env"]}
     assert env["AUDIT_DEST"] == "s3://phiserve-prod-123456789012-audit/audit"
+    assert env["AUDIT_DIR"] == "/var/lib/phiserve/audit/$(POD_NAME)"
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
 
 
