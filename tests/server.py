@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import psutil
 
 BIN = Path(sys.executable).parent
 
@@ -130,10 +132,22 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL to the whole process group (arbiter and worker), as a node failure would."""
+        """SIGKILL to the whole process tree (arbiter and workers), as a pod or node failure
+        would; the BentoML workers live in their own process groups, so a group kill is not
+        enough."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            tree = [
+                self.proc.pid,
+                *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)),
+            ]
+        except psutil.NoSuchProcess:
+            tree = [self.proc.pid]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
+        psutil.wait_procs([p for p in map(_process, tree[1:]) if p], timeout=10)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, then SIGKILL if needed; returns the exit code."""
@@ -153,3 +167,10 @@ class ServerProcess:
         self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None

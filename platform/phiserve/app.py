@@ -71,5 +71,5 @@ def build_platform(settings: Settings) -> Platform:
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
-    app = ContextMiddleware(app)
+    app = ContextMiddleware(app, dataplane.known_models)
     return Platform(settings=settings, dataplane=dataplane, app=app, audit=audit)

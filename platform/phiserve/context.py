@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -138,10 +139,18 @@ def _request_id(scope: Scope) -> str:
 
 
 class ContextMiddleware:
-    """Outermost layer: creates the request context and echoes its request id."""
+    """Outermost layer: creates the request context and echoes its request id.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``known_models`` names the models the server has: only those become ``ctx.model``, so a
+    path segment a client made up (a name, a record number) never reaches labels, spans or the
+    audit trail. The router still sees the raw path through ``ctx.route``.
+    """
+
+    def __init__(
+        self, app: ASGIApp, known_models: Callable[[], Collection[str]] = frozenset
+    ) -> None:
         self.app = app
+        self.known_models = known_models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Attach a :class:`RequestContext` to HTTP requests and add ``x-request-id``."""
@@ -155,7 +164,7 @@ class ContextMiddleware:
             route=match_route(scope["method"], scope["path"]),
             client=client[0] if client else None,
         )
-        if ctx.route is not None:
+        if ctx.route is not None and ctx.route.model in self.known_models():
             ctx.model, ctx.version = ctx.route.model, ctx.route.version
         scope[SCOPE_KEY] = ctx
         header = (b"x-request-id", ctx.request_id.encode())

@@ -166,6 +166,10 @@ class DataPlane:
             ]
         return body
 
+    def known_models(self) -> set[str]:
+        """Names of the models in the repository, loaded or not."""
+        return self.loaded.keys() | {m for (m, _) in self.failures}
+
     def server_metadata(self) -> dict[str, Any]:
         """GET /v2."""
         return {"name": "phiserve", "version": __version__, "extensions": EXTENSIONS}
@@ -175,9 +179,8 @@ class DataPlane:
         if name not in self.loaded:
             if any(m == name for (m, _) in self.failures):
                 raise NotReady(f"model {name!r} is not ready")
-            raise NotFound(
-                f"unknown model {name!r}" if name and len(name) <= 64 else "unknown model"
-            )
+            # The name is not echoed: a made-up path segment may be anything, PHI included.
+            raise NotFound("unknown model")
         if bad_version:
             raise NotFound(f"model {name!r}: versions are positive integers")
         version = version or self.defaults[name]
