@@ -357,6 +357,11 @@ def test_writes_stay_in_the_writable_mounts(pod: Pod, ready: dict[str, Any]) -> 
     assert (home / "bentoml").is_dir(), (
         f"BentoML state not in PHISERVE_HOME: {list(home.iterdir())}"
     )
+    # The audit records of the requests above: this pod's stream, in the audit emptyDir.
+    audit = Path(env["PHISERVE_AUDIT_DIR"])
+    stream = audit / FIELD_REFS["metadata.name"]
+    assert (audit / "audit-key.json").is_file(), sorted(p.name for p in audit.iterdir())
+    assert list(stream.glob("seg-*.pal")), f"no audit segment in {stream}"
     for mount_path, local, writable in pod.mounts(ready["container"]):
         if not writable:
             written = [p for p in local.rglob("*") if p.suffix in {".pyc", ".log", ".tmp"}]

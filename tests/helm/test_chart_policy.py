@@ -399,15 +399,16 @@ def test_audit_persistence_and_shipping() -> None:
     assert audit_mount["readOnly"] is True
     server = next(c for c in spec["containers"] if c["name"] == "server")
     server_env = {e["name"]: e.get("value") for e in server["env"]}
-    # Each pod its own folder (trail, stream) on the shared claim, made by the server's uid.
-    assert server_env["PHISERVE_AUDIT_DIR"] == "/var/lib/phiserve/audit/$(POD_NAME)"
+    # One trail on the claim; each pod its own stream (one writer per stream).
+    assert server_env["PHISERVE_AUDIT_STREAM"] == "$(POD_NAME)"
     names = [e["name"] for e in server["env"]]
-    assert names.index("POD_NAME") < names.index("PHISERVE_AUDIT_DIR")
+    assert names.index("POD_NAME") < names.index("PHISERVE_AUDIT_STREAM")
     config = find(manifests, "ConfigMap", "phiserve-config")["data"]
-    assert "PHISERVE_AUDIT_DIR" not in config
+    assert config["PHISERVE_AUDIT_DIR"] == "/var/lib/phiserve/audit"
+    assert config["PHISERVE_AWS_AUDIT_KMS_KEY_ID"].endswith("66666666-7777-8888-9999-000000000000")
     env = {e["name"]: e.get("value") for e in shipper["env"]}
     assert env["AUDIT_DEST"] == "s3://phiserve-prod-123456789012-audit/audit"
-    assert env["AUDIT_DIR"] == "/var/lib/phiserve/audit/$(POD_NAME)"
+    assert env["AUDIT_DIR"] == "/var/lib/phiserve/audit" and env["AUDIT_SHARED"] == "true"
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
 
 
@@ -425,7 +426,10 @@ def test_rendered_settings_are_accepted_by_the_server(
     manifests = docs(profile)
     env = dict(find(manifests, "ConfigMap", "phiserve-config")["data"])
     server = server_container(find(manifests, "Deployment"))
-    env.update({e["name"]: e.get("value", "from-a-secret") for e in server["env"]})
+    fake = {"POD_NAME": "phiserve-5d9c7b6f4-abcde", "POD_NAMESPACE": "phiserve", "NODE_NAME": "n1"}
+    for e in server["env"]:
+        value = e.get("value", fake.get(e["name"], "from-a-secret"))
+        env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: fake[m.group(1)], value)
     fields = set(Settings.model_fields)
     unknown = [
         k for k in env if k.startswith("PHISERVE_") and k[len("PHISERVE_") :].lower() not in fields
