@@ -75,7 +75,8 @@ def match_route(method: str, path: str) -> Route | None:
         if len(rest) < 2:
             return None
         raw = rest[1]
-        if raw.isdigit() and 0 < int(raw) < 2**31:
+        # isdigit() alone admits digits of other scripts (such as "¹"), which int() refuses.
+        if raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**31:
             version = int(raw)
         else:
             bad_version = True

@@ -95,7 +95,10 @@ class ModelRepository:
         return sorted(
             int(p.name)
             for p in folder.iterdir()
-            if p.name.isdigit() and int(p.name) > 0 and (p / MANIFEST_FILE).is_file()
+            if p.name.isascii()
+            and p.name.isdigit()
+            and int(p.name) > 0
+            and (p / MANIFEST_FILE).is_file()
         )
 
     def entries(self) -> Iterator[tuple[str, int]]:

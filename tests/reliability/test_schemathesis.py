@@ -1,0 +1,76 @@
+"""Schemathesis against the server's own OpenAPI description, with a valid token and bad ones.
+
+Every generated case must end in a 2xx or a 4xx with the V2 error body: never a 5xx, a hang or
+a dead worker. (Cases are drawn from schemathesis' Hypothesis strategies per operation; its
+pytest plugin does not run under this pytest version.)
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from tests.server import ServerProcess
+from tests.tokens import bad_tokens
+
+OPEN = ("/v2/health/live", "/v2/health/ready", "/v2/openapi.json")
+
+
+def _operations(server: ServerProcess) -> list:
+    schema = schemathesis.openapi.from_url(f"{server.url}/v2/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 9  # every route of the V2 surface
+    return operations
+
+
+def _fuzz_operation(
+    server: ServerProcess, operation, headers: dict[str, str], examples: int, auth_fails: bool
+) -> int:
+    calls = 0
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    def run(case) -> None:
+        nonlocal calls
+        response = case.call(base_url=server.url, headers=headers, timeout=30)
+        calls += 1
+        assert response.status_code < 500, (
+            case.method,
+            case.path,
+            response.status_code,
+            response.text[:200],
+        )
+        if response.status_code >= 400:
+            assert set(response.json()) == {"error"}
+        if auth_fails and operation.path not in OPEN:
+            assert response.status_code == 401
+
+    run()
+    return calls
+
+
+def _fuzz(
+    server: ServerProcess, headers: dict[str, str], examples: int, *, auth_fails: bool
+) -> int:
+    return sum(
+        _fuzz_operation(server, op, headers, examples, auth_fails) for op in _operations(server)
+    )
+
+
+def test_valid_token_never_5xx(server: ServerProcess) -> None:
+    assert _fuzz(server, server.auth, 40, auth_fails=False) > 100
+
+
+@pytest.mark.parametrize("kind", ["expired", "bad_signature", "alg_none", "wrong_audience"])
+def test_bad_tokens_are_401_never_5xx(server: ServerProcess, kind: str) -> None:
+    token = bad_tokens(server.home)[kind]
+    assert _fuzz(server, {"Authorization": f"Bearer {token}"}, 8, auth_fails=True) > 20
+
+
+def test_server_still_healthy_after_fuzzing(server: ServerProcess) -> None:
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert server.proc.poll() is None
