@@ -293,14 +293,6 @@ class LoadOptions:
         """Rate (req/s) or users of ramp step ``step`` (0-based)."""
         return self.ramp_start + step * self.ramp_step
 
-    def rate_at(self, elapsed_s: float) -> float | None:
-        """Total arrival rate at ``elapsed_s`` into the run; None once the schedule is over."""
-        if elapsed_s >= self.total_s:
-            return None
-        if self.load_shape == "ramp":
-            return self.ramp_value(int(elapsed_s // self.ramp_step_s))
-        return self.rate
-
     def step_of(self, elapsed_s: float) -> int:
         """Ramp step that ``elapsed_s`` falls in (-1 outside a ramp)."""
         if self.load_shape != "ramp" or elapsed_s < 0:

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,10 +266,14 @@ def render(report_dir: Path, *, charts: bool = True) -> Rendered:
     samples = [s for s in all_samples if s.t_start >= start] if warm else all_samples
     window_s = end - start
 
-    per_model = {k: summarize(v, window_s) for k, v in group_by(samples, lambda s: s.model).items()}
-    per_label = {k: summarize(v, window_s) for k, v in group_by(samples, lambda s: s.label).items()}
-    per_target = {k: summarize(v, window_s) for k, v in group_by(samples, _target_key).items()}
-    per_name = {k: summarize(v, window_s) for k, v in group_by(samples, lambda s: s.name).items()}
+    # Sorted, so tables read the same from run to run whatever answered first.
+    def stats_by(key: Callable[[Sample], str]) -> dict[str, Stats]:
+        return {k: summarize(v, window_s) for k, v in sorted(group_by(samples, key).items())}
+
+    per_model = stats_by(lambda s: s.model)
+    per_label = stats_by(lambda s: s.label)
+    per_target = stats_by(_target_key)
+    per_name = stats_by(lambda s: s.name)
     total = summarize(samples, window_s)
 
     spec = slo.SLO(run.get("slo") or {})

@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -31,6 +32,7 @@ from locust import FastHttpUser, task
 from locust.user.users import LOCUST_STATE_STOPPING
 
 from phiserve_load import session as session_mod
+from phiserve_load.options import LoadOptions
 from phiserve_load.session import LoadSession
 from phiserve_load.tensors import Payload
 
@@ -58,6 +60,39 @@ def _error_message(status: int, body: bytes | None) -> str:
         except ValueError:
             detail = body[:120].decode(errors="replace")
     return f"HTTP {status}: {detail[:160]}" if detail else f"HTTP {status}"
+
+
+def arrival_schedule(opts: LoadOptions, rng: random.Random) -> Iterator[tuple[float, int]]:
+    """One dispatcher's arrivals: (seconds after its start, ramp step or -1), in order.
+
+    Each dispatcher sends ``1 / --dispatchers`` of the rate. Constant arrivals are computed as
+    ``start + phase + k / rate`` (no accumulated rounding, so a run of T seconds at R req/s
+    issues exactly R*T requests); the random phase keeps several dispatchers from firing in
+    lockstep. Poisson arrivals draw exponential gaps.
+    """
+    share = float(opts.dispatchers)
+    if opts.load_shape == "ramp":
+        step_s = opts.ramp_step_s
+        segments = [
+            (i * step_s, (i + 1) * step_s, opts.ramp_value(i) / share, i)
+            for i in range(opts.ramp_steps)
+        ]
+    else:
+        segments = [(0.0, opts.total_s, opts.rate / share, -1)]
+    for start, end, rate, step in segments:
+        if rate <= 0:
+            continue
+        if opts.arrival == "poisson":
+            t = start + rng.expovariate(rate)
+            while t < end:
+                yield t, step
+                t += rng.expovariate(rate)
+        else:
+            phase = rng.random() / rate
+            k = 0
+            while (t := start + phase + k / rate) < end:
+                yield t, step
+                k += 1
 
 
 class PhiserveUser(FastHttpUser):
@@ -182,30 +217,26 @@ class OpenLoopUser(PhiserveUser):
         """Issue the whole schedule, then drain; stays idle until the run stops."""
         opts = self.session.opts
         pool = gevent.pool.Pool(opts.max_outstanding)
-        share = float(opts.dispatchers)
         limit = math.ceil(opts.max_requests / opts.dispatchers) if opts.max_requests else math.inf
         t0 = time.perf_counter()
-        next_at = t0
-        issued = 0
-        while issued < limit and not self._stopping():
-            elapsed = next_at - t0
-            rate = opts.rate_at(elapsed)
-            if rate is None:
+        for issued, (offset, step) in enumerate(arrival_schedule(opts, self.rng)):
+            if issued >= limit or self._stopping():
                 break
-            delay = next_at - time.perf_counter()
+            intended = t0 + offset
+            delay = intended - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
                 if self._stopping():
                     break
             payload = self.pick()
-            step = opts.step_of(elapsed)
             if pool.full():
+                # Not sent: counted as a failure, so an overloaded server fails the error gate.
                 ctx = {
                     "model": payload.target.model,
                     "version": payload.target.version,
                     "encoding": payload.target.encoding,
                     "batch": payload.batch,
-                    "t_start": time.time() - (time.perf_counter() - next_at),
+                    "t_start": time.time() - (time.perf_counter() - intended),
                     "lag_ms": 0.0,
                     "step": step,
                 }
@@ -216,13 +247,7 @@ class OpenLoopUser(PhiserveUser):
                     0.0,
                 )
             else:
-                pool.spawn(self.send, payload, intended=next_at, step=step)
-            issued += 1
-            per_dispatcher = rate / share
-            if opts.arrival == "poisson":
-                next_at += self.rng.expovariate(per_dispatcher)
-            else:
-                next_at += 1.0 / per_dispatcher
+                pool.spawn(self.send, payload, intended=intended, step=step)
         # Drain: answers to requests already sent still count (their latency may be the p99).
         pool.join(timeout=opts.request_timeout)
         pool.kill(block=True)
