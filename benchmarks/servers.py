@@ -8,6 +8,7 @@ so that stopping it reaches its whole tree (BentoML's arbiter and worker, MLServ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
+from benchmarks.machine import process_tree
 from tests.server import ServerProcess, free_port, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +42,53 @@ class BenchServer:
     phiserve: ServerProcess | None = None
     log_path: Path | None = None
     home: Path | None = None
+    # How to start the process again (not phiserve, which ServerProcess starts).
+    argv: list[str] = field(default_factory=list)
+    cwd: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    # The process tree as seen once ready. BentoML's workers run in sessions of their own, so
+    # a dead arbiter can leave an orphaned worker holding the port and the audit lock: these
+    # are killed explicitly on restart and stop.
+    tree: list[psutil.Process] = field(default_factory=list)
+
+    def spawn(self) -> None:
+        """Start (or start again) the process, in its own session, logging to ``log_path``."""
+        if self.phiserve is not None:
+            assert self.home is not None
+            # A new port: the old one may linger in TIME_WAIT; the audit trail carries on.
+            self.phiserve = ServerProcess(self.home, wait_ready=False, timeout=180, **self.settings)
+            self.phiserve.start()
+            self.url = self.phiserve.url
+            return
+        assert self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        """Whether the root process still runs."""
+        proc = self.phiserve.proc if self.phiserve is not None else self.proc
+        return proc is not None and proc.poll() is None
+
+    def revive(self) -> bool:
+        """Start the server again if it died (someone on this shared machine may kill it).
+
+        Returns True when it had to be restarted.
+        """
+        if self.alive():
+            return False
+        self.restarts += 1
+        self._kill_leftovers()
+        self.spawn()
+        self.wait_ready()
+        return True
 
     @property
     def pid(self) -> int:
@@ -56,6 +106,17 @@ class BenchServer:
 
     def wait_ready(self, timeout: float = 180.0, path: str = "/v2/health/ready") -> None:
         """Poll the ready route until 200; raise with the server's log if it dies first."""
+        self._wait_ready(timeout, path)
+        self.tree = process_tree([self.pid])
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL whatever is left of the recorded tree (psutil refuses reused pids)."""
+        for proc in self.tree:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        self.tree = []
+
+    def _wait_ready(self, timeout: float, path: str) -> None:
         if self.phiserve is not None:
             self.phiserve.timeout = timeout
             self.phiserve.wait_until_ready()
@@ -74,17 +135,22 @@ class BenchServer:
 
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL to the whole process group if it lingers."""
-        if self.phiserve is not None:
-            self.phiserve.stop(timeout=30)
-            return
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            if self.phiserve is not None:
+                self.phiserve.stop(timeout=30)
+            elif self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+        finally:
+            # Give graceful shutdown its moment, then make sure no orphan survives.
+            deadline = time.monotonic() + 10
+            while any(p.is_running() for p in self.tree) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self._kill_leftovers()
 
 
 def _plain_env(**extra: str) -> dict[str, str]:
@@ -178,74 +244,56 @@ def start_mlserver(
         "parameters": {"uri": str(model_file)},
     }
     (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
-    log_path = workdir / f"{slug}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)],
-            cwd=root,  # MLServer keeps .metrics/ and .envs/ in its working directory
-            env=_plain_env(PYTHONPATH=str(REPO)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     shown = {k: str(v) for k, v in settings.items()}
     shown["model-settings.json"] = json.dumps(
         {**model_settings, "parameters": {"uri": "<plaintext ONNX in the bench temp dir>"}}
     )
-    return BenchServer(
+    server = BenchServer(
         label=label,
         url=f"http://127.0.0.1:{settings['http_port']}",
         settings=shown,
-        proc=proc,
-        log_path=log_path,
+        log_path=workdir / f"{slug}.log",
+        argv=[str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)],
+        cwd=root,  # MLServer keeps .metrics/ and .envs/ in its working directory
+        env=_plain_env(PYTHONPATH=str(REPO)),
     )
+    server.spawn()
+    return server
 
 
 def start_floor(model_name: str, model_file: Path, workdir: Path) -> BenchServer:
     """The bare Starlette + uvicorn floor (:mod:`benchmarks.floor`)."""
     port = free_port()
-    log_path = workdir / "floor.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "benchmarks.floor"),
-                *("--model", str(model_file), "--name", model_name, "--port", str(port)),
-            ],
-            cwd=REPO,
-            env=_plain_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return BenchServer(
+    server = BenchServer(
         label="floor",
         url=f"http://127.0.0.1:{port}",
         settings={"server": "uvicorn, httptools, uvloop, 1 worker, no access log"},
-        proc=proc,
-        log_path=log_path,
+        log_path=workdir / "floor.log",
+        argv=[
+            *(sys.executable, "-m", "benchmarks.floor"),
+            *("--model", str(model_file), "--name", model_name, "--port", str(port)),
+        ],
+        cwd=REPO,
+        env=_plain_env(),
     )
+    server.spawn()
+    return server
 
 
 def start_sink(workdir: Path) -> BenchServer:
     """The OTLP/HTTP sink that the tracing variants export to."""
     port = free_port()
-    log_path = workdir / "otlp-sink.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.otlp_sink", str(port)],
-            cwd=REPO,
-            env=_plain_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return BenchServer(
+    server = BenchServer(
         label="otlp-sink",
         url=f"http://127.0.0.1:{port}",
         settings={},
-        proc=proc,
-        log_path=log_path,
+        log_path=workdir / "otlp-sink.log",
+        argv=[sys.executable, "-m", "benchmarks.otlp_sink", str(port)],
+        cwd=REPO,
+        env=_plain_env(),
     )
+    server.spawn()
+    return server
 
 
 def sink_stats(sink: BenchServer) -> dict[str, int]:

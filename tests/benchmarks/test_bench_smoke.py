@@ -46,6 +46,7 @@ def _tiny(built_home: Path, out: Path, only: str) -> dict[str, str]:
         "BENCH_RATE": "50",
         "BENCH_QUIET_WAIT": "0",
         "BENCH_RETRIES": "0",
+        "BENCH_INSTALL_MLSERVER": "0",
     }
 
 
