@@ -69,7 +69,7 @@ def writer(writer_factory: Callable[..., AuditWriter], mirror: io.StringIO) -> A
 
 def stack(writer: AuditWriter, app: Any = tiny_app) -> ContextMiddleware:
     """The production order: context outside, audit inside it (auth would sit inside audit)."""
-    return ContextMiddleware(AuditMiddleware(app, writer))
+    return ContextMiddleware(AuditMiddleware(app, writer), lambda: {"breast-cancer"})
 
 
 def client(writer: AuditWriter) -> httpx.AsyncClient:

@@ -56,6 +56,19 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     sync_dir(path.parent)
 
 
+def probe_write(folder: Path, size: int = 4096) -> None:
+    """Prove ``folder`` takes a durable write of ``size`` bytes now (space, permissions, mount)."""
+    probe = folder / ".probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, bytes(size))
+        sync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def ensure_dir(path: Path) -> None:
     """Create ``path`` (0700) and its parents, and make the new entry durable."""
     if path.is_dir():

@@ -260,7 +260,11 @@ class AuditWriter:
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
-                    self._cond.wait()
+                    # A failed sink is retried while idle too, so readiness (which keeps traffic
+                    # away) can recover without a request to trigger the retry.
+                    interval = max(self.retry_interval_s, 0.2) if self._sink.failure else None
+                    if not self._cond.wait(interval):
+                        self._probe()
                 if not self._pending:
                     break
                 if self.max_batch:
@@ -409,6 +413,18 @@ class AuditWriter:
         segment.close()
         sink.segment = None
         self._open(header, data_key)
+
+    def _probe(self) -> None:
+        """Retry a failed sink with no records: set-up (keys, recovery, an open clean segment),
+        then a real durable write beside the segments (space, permissions, mount)."""
+        try:
+            self._prepare()
+            fsio.probe_write(self._stream_dir)
+        except Exception as exc:  # still failing: stay failed, retry after the interval
+            self._mark_failed(exc)
+        else:
+            log.warning("audit: stream %s recovered; records are durable again", self.stream)
+            self._sink.failure = None
 
     def _mark_failed(self, exc: BaseException) -> None:
         sink = self._sink

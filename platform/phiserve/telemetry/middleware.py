@@ -154,7 +154,10 @@ class TelemetryMiddleware:
                 status = STATUS_CLIENT_CLOSED if cancelled else 500
             elapsed = time.perf_counter() - started
             labeler = metrics if metrics is not None else METRICS
-            model_label, version_label = labeler.labels(ctx.model, ctx.version)
+            # The path's model name (when it is not a known one) only selects the "_unknown"
+            # label; the raw text never becomes a label value.
+            named = ctx.model or (ctx.route.model if ctx.route else None)
+            model_label, version_label = labeler.labels(named, ctx.version)
             if metrics is not None:
                 metrics.in_flight -= 1
                 metrics.observe_request(
