@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from phiserve.repository.manifest import Manifest
 from phiserve.repository.store import signature_of
 

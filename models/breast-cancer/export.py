@@ -7,6 +7,14 @@ shape of ``export()``. Nothing is written to disk: the ONNX model exists only as
 from __future__ import annotations
 
 import numpy as np
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
 from phiserve.export import (
     TARGET_OPSET,
     ExportedModel,
@@ -15,13 +23,6 @@ from phiserve.export import (
     evaluate_binary,
     run_onnx,
 )
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 NAME = "breast-cancer"
 # The served `label` output is argmax(probabilities), i.e. P(malignant) >= 0.5, so the card's

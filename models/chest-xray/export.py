@@ -12,8 +12,9 @@ import itertools
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (PyTorch's conventional alias)
-from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
 from torch import nn
+
+from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
 
 NAME = "chest-xray"
 CLASSES = ("normal", "pneumonia", "other")  # demonstration labels only

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.crypto.aws_kms import AwsKmsKeyProvider

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from phiserve.crypto.base import WrappedKey
 from phiserve.crypto.envelope import (
     ALGORITHM,

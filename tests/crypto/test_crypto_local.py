@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.crypto.base import KeyProvider, WrappedKey

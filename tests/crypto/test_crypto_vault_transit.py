@@ -7,6 +7,8 @@ import sys
 import time
 
 import pytest
+from pydantic import SecretStr
+
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.crypto.base import KeyProvider, WrappedKey
@@ -18,8 +20,6 @@ from phiserve.crypto.vault_transit import (
     parse_key_id,
 )
 from phiserve.errors import ConfigurationError, IntegrityError, KeyProviderError
-from pydantic import SecretStr
-
 from tests.crypto.vault_transit_stub import VaultTransitStub
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from phiserve.export import ExportedModel, load_export
 
+from phiserve.export import ExportedModel, load_export
 from tests.export.helpers import MODEL_NAMES, MODELS_DIR, files_under, run_in_sandbox
 
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import onnx
 import pytest
+
 from phiserve.export import ExportedModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

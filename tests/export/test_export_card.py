@@ -6,9 +6,9 @@ import hashlib
 import json
 
 import pytest
+
 from phiserve.export import ExportedModel, complete_card, render_markdown
 from phiserve.export.card import tensor_formats
-
 from tests.export.helpers import MODEL_NAMES
 
 REQUIRED = {

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from phiserve.errors import ConfigurationError
 from phiserve.export import ExportedModel, load_export
-
 from tests.export.conftest import SandboxRun
 from tests.export.helpers import MODEL_NAMES, MODELS_DIR, parses_as_onnx, run_in_sandbox
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from phiserve.export import ExportedModel, load_export
-
 from tests.export.helpers import MODEL_NAMES, MODELS_DIR
 
 # Exports every model twice in one fresh interpreter, printing the digest of each run and of its

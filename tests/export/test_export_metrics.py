@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from phiserve.export import evaluate_binary
 from phiserve.export.metrics import roc_auc, sensitivity, specificity
-from sklearn.metrics import roc_auc_score
 
 
 @pytest.mark.parametrize("seed", range(5))

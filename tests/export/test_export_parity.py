@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_breast_cancer
+
 from phiserve.errors import PhiserveError
 from phiserve.export import TARGET_OPSET, ExportedModel, ParityError, check_parity, run_onnx
 from phiserve.export.parity import MIN_SAMPLES
-from sklearn.datasets import load_breast_cancer
-
 from tests.export.helpers import MODEL_NAMES, model_proto
 
 PARITY_KEYS = {"samples", "tolerance", "max_abs_diff", "label_agreement", "passed"}

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
-from phiserve.export import TARGET_OPSET, ExportedModel, run_onnx
 
+from phiserve.export import TARGET_OPSET, ExportedModel, run_onnx
 from tests.export.helpers import MODEL_NAMES, model_proto
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from phiserve.errors import BadRequest, PayloadTooLarge
 from phiserve.protocol.codecs import decode_request, encode_response
 from phiserve.protocol.datatypes import V2_TO_NUMPY

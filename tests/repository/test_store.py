@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.crypto.local import LocalKeyProvider
@@ -16,7 +17,6 @@ from phiserve.errors import KeyProviderError, ModelLoadError
 from phiserve.export import ExportedModel
 from phiserve.repository.manifest import ARTIFACT_FILE, MANIFEST_FILE
 from phiserve.repository.store import ModelRepository
-
 from tests.server import run_cli
 
 MODEL = "breast-cancer"

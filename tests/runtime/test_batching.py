@@ -6,11 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from phiserve.config import BatchingSettings
 from phiserve.errors import ConfigurationError, Overloaded
 from phiserve.runtime.batching import Batcher
 from phiserve.runtime.onnx import OnnxModel, choose_providers
-
 from tests.toy_models import doubler_bytes, manifest_for
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from phiserve.security.devkeys import public_jwk
 from phiserve.security.jwks import FileKeySet
 from phiserve.security.tokens import TokenVerifier
-
 from tests.security.helpers import AUDIENCE, ISSUER, FakeClock, write_jwks
 
 

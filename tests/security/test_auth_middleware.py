@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.security.authorization import BREAK_GLASS_SCOPE
 from phiserve.security.middleware import AuthMiddleware, bearer_token
 from phiserve.security.tokens import TokenVerifier
-
 from tests.security.helpers import CANARY
 
 INFER = "/v2/models/breast-cancer/infer"

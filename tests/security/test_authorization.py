@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from phiserve.context import match_route
 from phiserve.security.authorization import BREAK_GLASS_SCOPE, authorize, is_allowed
 from phiserve.security.errors import InsufficientScope

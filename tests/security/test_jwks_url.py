@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from phiserve.config import Settings
 from phiserve.errors import ConfigurationError
 from phiserve.security import errors as sec
 from phiserve.security.devkeys import public_jwk
 from phiserve.security.jwks import UrlKeySet, check_jwks_url
 from phiserve.security.tokens import TokenVerifier
-
 from tests.security.helpers import AUDIENCE, ISSUER, FakeClock
 
 

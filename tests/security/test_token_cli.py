@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+
 from phiserve.cli import token as token_cli
 from phiserve.config import Settings
 from phiserve.errors import BadRequest, ConfigurationError

@@ -13,6 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from phiserve.config import Settings
 from phiserve.errors import ConfigurationError, Unauthorized
 from phiserve.security import errors as sec
@@ -20,7 +21,6 @@ from phiserve.security.authorization import BREAK_GLASS_SCOPE
 from phiserve.security.jwks import FileKeySet, parse_jwks
 from phiserve.security.principal import Principal
 from phiserve.security.tokens import TokenVerifier
-
 from tests.security.helpers import AUDIENCE, CANARY, ISSUER, FakeClock, b64url, write_jwks
 
 # Module-level "now" for claims far from the edges; edge cases read the clock when they run.
@@ -105,7 +105,10 @@ def test_claim_refusals(
 
 
 def test_nbf_within_leeway_is_accepted(verifier: TokenVerifier, make_token) -> None:
-    assert verifier.verify(make_token(nbf=int(time.time()) + 10, iat=int(time.time()) + 10)).subject == "alice"
+    assert (
+        verifier.verify(make_token(nbf=int(time.time()) + 10, iat=int(time.time()) + 10)).subject
+        == "alice"
+    )
 
 
 def test_signature_by_an_unpublished_key_under_a_known_kid(

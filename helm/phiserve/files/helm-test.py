@@ -19,6 +19,9 @@ import urllib.error
 import urllib.request
 
 URL = os.environ["PHISERVE_TEST_URL"].rstrip("/")
+# The chart renders this URL from its own Service; refuse anything but HTTP(S) all the same.
+if not URL.startswith(("http://", "https://")):
+    raise SystemExit(f"PHISERVE_TEST_URL must be http(s), not {URL.split(':')[0]}")
 MODEL = os.environ.get("PHISERVE_TEST_MODEL", "")
 TOKEN_FILE = os.environ.get("PHISERVE_TEST_TOKEN_FILE", "")
 CA_FILE = os.environ.get("PHISERVE_TEST_CA_FILE", "")
@@ -30,13 +33,13 @@ ZERO = {"BOOL": False, "BYTES": ""}
 
 def call(method: str, path: str, body: dict | None = None, token: str = "") -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(URL + path, data=data, method=method)
+    req = urllib.request.Request(URL + path, data=data, method=method)  # noqa: S310 - scheme checked above
     if data is not None:
         req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=30, context=CONTEXT) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=CONTEXT) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
