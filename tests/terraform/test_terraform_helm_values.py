@@ -53,7 +53,11 @@ def test_writes_the_chart_values_contract(tmp_path: Path) -> None:
         },
         "keyProvider": {
             "type": "aws-kms",
-            "awsKms": {"keyId": OUTPUTS["models_kms_key_arn"], "region": "eu-west-1"},
+            "awsKms": {
+                "keyId": OUTPUTS["models_kms_key_arn"],
+                "auditKeyId": OUTPUTS["audit_kms_key_arn"],
+                "region": "eu-west-1",
+            },
         },
         "modelRepository": {"s3": {"bucket": OUTPUTS["model_bucket"]}},
         "audit": {"s3": {"bucket": OUTPUTS["audit_bucket"]}},
@@ -110,4 +114,4 @@ def test_example_declares_every_output_the_script_reads() -> None:
         line.strip().strip('",') for line in required_block.splitlines()[1:] if line.strip()
     }
     assert required, "could not read REQUIRED from the script"
-    assert required | {"gpu_node_selector", "audit_kms_key_arn"} <= declared, required - declared
+    assert required | {"gpu_node_selector"} <= declared, required - declared
