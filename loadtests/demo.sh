@@ -31,8 +31,7 @@ else
 fi
 server_pid=""
 
-cleanup() {
-    local status=$?
+stop_server() {
     if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
         say "stopping the server"
         kill -TERM "$server_pid" 2>/dev/null || true
@@ -42,7 +41,14 @@ cleanup() {
         done
         # Still there after 20 s: take the whole process group down.
         kill -KILL -- "-$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
     fi
+    server_pid=""
+}
+
+cleanup() {
+    local status=$?
+    stop_server
     if [[ "$keep_home" == 0 ]]; then
         rm -rf "$home"
     fi
@@ -104,6 +110,8 @@ args=(
 mkdir -p "$REPORT_DIR"
 gate=0
 "$BIN/locust" "${args[@]}" >"$REPORT_DIR/locust.log" 2>&1 || gate=$?
+stop_server
+
 if [[ ! -f "$REPORT_DIR/table.txt" ]]; then
     echo "demo: the load test wrote no report (exit $gate); its output:" >&2
     tail -n 40 "$REPORT_DIR/locust.log" >&2
@@ -113,7 +121,11 @@ fi
 say "report: $REPORT_DIR/report.md"
 echo "(charts in $REPORT_DIR/charts/, locust's own HTML in $REPORT_DIR/locust.html)"
 echo
-echo "Latency, exact percentiles over $(( DURATION - 3 )) s after a 3 s warm-up:"
+"$BIN/python" - "$REPORT_DIR/summary.json" <<'PY'
+import json, sys
+win = json.load(open(sys.argv[1]))["window"]
+print(f"Latency, exact percentiles over {win['seconds']:.1f} s (after a {win['warmup_s']:g} s warm-up):")
+PY
 cat "$REPORT_DIR/table.txt"
 "$BIN/python" - "$REPORT_DIR/summary.json" <<'PY'
 import json, sys

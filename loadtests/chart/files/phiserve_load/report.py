@@ -277,7 +277,12 @@ def render(report_dir: Path, *, charts: bool = True) -> Rendered:
     total = summarize(samples, window_s)
 
     spec = slo.SLO(run.get("slo") or {})
-    checks = slo.evaluate(spec, {**per_model, **per_label}) if spec else []
+    targets = run.get("targets") or []
+    targeted = {t["model"] for t in targets} | {
+        f"{t['model']}@{t['version'] or 'default'}" for t in targets
+    }
+    groups = {**per_model, **per_label}
+    checks = slo.evaluate(spec, groups, targeted if targets else None) if spec else []
 
     metrics = _load_json(report_dir / METRICS_FILE) or {}
     scrapes = metrics.get("scrapes") or []

@@ -220,13 +220,19 @@ class Check:
         }
 
 
-def evaluate(slo: SLO, per_group: dict[str, Stats]) -> list[Check]:
+def evaluate(
+    slo: SLO, per_group: dict[str, Stats], targeted: set[str] | None = None
+) -> list[Check]:
     """Check every model (and every model@version the SLO names) against its limits.
 
-    ``per_group`` holds stats per model and per ``model@version``. A group the SLO names that has
-    no samples fails: a model that was never measured cannot meet its objective.
+    ``per_group`` holds stats per model and per ``model@version``; ``targeted`` the models and
+    ``model@version`` labels the run sent requests to. A targeted group without samples fails (a
+    model that was never measured cannot meet its objective); a group the SLO names that the
+    run did not target is not applicable, so one SLO file can serve runs of a subset of models.
     """
     named = [k for k in slo.limits if k != DEFAULT_KEY and slo.limits[k]]
+    if targeted is not None:
+        named = [k for k in named if k in targeted]
     groups = list(dict.fromkeys([g for g in per_group if "@" not in g] + named))
     checks: list[Check] = []
     for group in groups:
