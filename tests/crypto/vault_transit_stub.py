@@ -134,6 +134,8 @@ class VaultTransitStub:
     def __init__(self, token: str | None = None, *, legacy_rotate: bool = False) -> None:
         """``legacy_rotate``: answer ``keys/<key>/rotate`` with 204, as Vault before 1.14 does."""
         self.token = token or f"hvs.{secrets.token_urlsafe(24)}"
+        # A sealed Vault answers every call with 503 "Vault is sealed": the provider is down.
+        self.sealed = False
         self.legacy_rotate = legacy_rotate
         self.namespaces: list[str | None] = []
         self.mounts: dict[str, dict[str, TransitKey]] = {"transit": {}}
@@ -210,6 +212,8 @@ class VaultTransitStub:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
+                    if stub.sealed:
+                        raise VaultStubError(503, "Vault is sealed")
                     if not secrets.compare_digest(
                         self.headers.get("X-Vault-Token", ""), stub.token
                     ):
