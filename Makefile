@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
-.PHONY: help setup tools serve test lint format bench bench-crypto chart-check tf-check \
+.PHONY: help setup tools serve test lint format bench bench-crypto chart-docs chart-check tf-check \
         loadtest demo soak helm-values clean
 
 help: ## list the verbs
@@ -49,6 +49,9 @@ bench: setup ## phiserve vs MLServer vs a bare floor, and the cost of each featu
 
 bench-crypto: setup ## decrypt-and-load vs plaintext load of a 100 MB model
 	$(BIN)/python -m benchmarks.crypto
+
+chart-docs: setup ## regenerate the chart README parameters and its copy of the dashboard
+	$(BIN)/python helm/scripts/chart_docs.py
 
 chart-check: setup tools ## helm lint, template, kubernetes-validate, checkov on the chart
 	$(BIN)/pytest tests/helm
