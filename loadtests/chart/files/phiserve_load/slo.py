@@ -61,19 +61,22 @@ def _metric(name: str) -> str:
 
 def _value(metric: str, raw: Any) -> float:
     text = str(raw).strip().lower()
+    scale, number = 1.0, text
+    if metric == "errors" and text.endswith("%"):
+        scale, number = 0.01, text[:-1]
+    elif metric != "errors" and text.endswith("ms"):
+        number = text[:-2]
+    elif metric != "errors" and text.endswith("s"):
+        scale, number = 1000.0, text[:-1]
     try:
-        if metric == "errors":
-            value = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-            if not 0 <= value <= 1:
-                raise SLOError(f"error rate {raw!r} is not between 0 and 1 (or 0% and 100%)")
-            return value
-        if text.endswith("ms"):
-            return float(text[:-2])
-        if text.endswith("s"):
-            return float(text[:-1]) * 1000.0
-        return float(text)
+        value = float(number) * scale
     except ValueError:
         raise SLOError(f"{metric}: cannot read {raw!r} as a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise SLOError(f"{metric}: {raw!r} must be a non-negative number")
+    if metric == "errors" and value > 1:
+        raise SLOError(f"error rate {raw!r} is not between 0 and 1 (or 0% and 100%)")
+    return value
 
 
 @dataclass
