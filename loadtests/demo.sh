@@ -103,7 +103,7 @@ say "load test: closed loop, $USERS users, $DURATION s, both models, JSON and bi
 args=(
     -f loadtests/locustfile.py --headless --only-summary --loglevel WARNING
     --host "$host" --load-shape closed -u "$USERS" -r "$USERS" -t "$DURATION" --warmup-s 3
-    --models breast-cancer,chest-xray --encodings json,binary
+    --models breast-cancer,chest-xray --encodings json,binary --scrape-interval 2
     --report-dir "$REPORT_DIR" --csv "$REPORT_DIR/locust" --html "$REPORT_DIR/locust.html"
 )
 [[ -n "$SLO_FILE" ]] && args+=(--slo-file "$SLO_FILE")

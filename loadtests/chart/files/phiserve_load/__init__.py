@@ -5,20 +5,22 @@ here, and the Helm chart in ``loadtests/chart/`` ships it to the cluster in a Co
 therefore run on a stock locust image: the standard library and locust only. numpy, PyYAML and
 matplotlib are used when present (charts, YAML SLO files) and skipped with a note when absent.
 
-Modules, one concern each:
+Modules, one concern each (those marked * import locust or gevent; the rest are plain Python):
 
 options     the custom command-line arguments (``--load-shape``, ``--models``, ``--slo`` ...)
 auth        the bearer token, from ``PHISERVE_TOKEN`` or a token file
 discovery   preflight (reachable, ready, token accepted) and model signatures from metadata
 tensors     valid random tensors per signature, as JSON or binary-extension requests
 mix         which model, version and encoding each request goes to, with weights
+arrivals    the open-loop arrival schedule
 samples     exact per-request samples, percentiles and summaries
 slo         thresholds per model (CLI or YAML/JSON file) and the gate
 promtext    the Prometheus text format and histogram deltas of the server's /metrics
-shapes      closed loop, open loop (fixed arrival rate), step ramp
-users       the locust users: closed-loop clients and the open-loop dispatcher
-report      samples.csv, summary.json, report.md, table.txt and PNG charts
-hooks       the locust event listeners that tie the above together
+report      summary.json, report.md, table.txt; charts (matplotlib) draws the PNGs
+session*    one process's options, token, signatures and payloads
+shapes*     closed loop, open loop (fixed arrival rate), step ramp
+users*      the locust users: closed-loop clients and the open-loop dispatcher
+hooks*      the locust event listeners that tie the above together
 """
 
 from __future__ import annotations

@@ -168,23 +168,24 @@ def queue_vs_inference(path: Path, scrapes: list[dict[str, Any]], t0: float) -> 
     if not labels:
         return None
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    for label in labels:
-        xs = [p["t"] - t0 for p in points if label in p["queue_ms"]]
-        ax.plot(
-            xs,
-            [p["queue_ms"][label] for p in points if label in p["queue_ms"]],
-            "-o",
-            ms=3,
-            label=f"{label} queue wait",
-        )
-        xs = [p["t"] - t0 for p in points if label in p["inference_ms"]]
-        ax.plot(
-            xs,
-            [p["inference_ms"][label] for p in points if label in p["inference_ms"]],
-            "--s",
-            ms=3,
-            label=f"{label} inference",
-        )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, label in enumerate(labels):
+        color = colors[
+            i % len(colors)
+        ]  # one color per model version: queue solid, inference dashed
+        for key, style, what in (
+            ("queue_ms", "-o", "queue wait"),
+            ("inference_ms", "--s", "inference"),
+        ):
+            pts = [(p["t"] - t0, p[key][label]) for p in points if label in p[key]]
+            ax.plot(
+                [x for x, _ in pts],
+                [y for _, y in pts],
+                style,
+                ms=3,
+                color=color,
+                label=f"{label} {what}",
+            )
     ax.set_xlabel("seconds since start (between scrapes)")
     ax.set_ylabel("mean ms")
     ax.grid(alpha=0.3)

@@ -286,8 +286,14 @@ def render(report_dir: Path, *, charts: bool = True) -> Rendered:
 
     metrics = _load_json(report_dir / METRICS_FILE) or {}
     scrapes = metrics.get("scrapes") or []
+    # Server-side figures over the same window as the client's: from the first scrape after the
+    # warm-up (when there is one before the end) to the last.
+    after_warmup = [s for s in scrapes[:-1] if s["t"] >= start]
+    first = after_warmup[0] if warm and after_warmup else (scrapes[0] if scrapes else None)
     server = (
-        promtext.breakdown(scrapes[0]["series"], scrapes[-1]["series"]) if len(scrapes) >= 2 else {}
+        promtext.breakdown(first["series"], scrapes[-1]["series"])
+        if first is not None and len(scrapes) >= 2
+        else {}
     )
     steps = _ramp_steps(run, samples)
     kind = run.get("options", {}).get("ramp_kind", "rate")
