@@ -257,6 +257,21 @@ def test_open_loop_issues_at_the_fixed_rate(server: ServerProcess, tmp_path: Pat
     assert "Open loop" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("shape", ["closed", "open"])
+def test_runs_are_bounded_in_count(server: ServerProcess, report_dir: Path, shape: str) -> None:
+    """--max-requests ends a long run early, after exactly that many requests."""
+    run = run_locust(
+        report_dir,
+        *("--load-shape", shape, "-u", "3", "-r", "3", "--rate", "100", "-t", "60"),
+        *("--max-requests", "40", "--models", "breast-cancer", "--no-charts"),
+        host=server.url,
+        token=server.token,
+        timeout=30,
+    )
+    assert run.code == 0, run.output
+    assert len(read_samples(report_dir)) == 40
+
+
 def test_step_ramp_reports_each_step(server: ServerProcess, report_dir: Path) -> None:
     run = run_locust(
         report_dir,

@@ -30,6 +30,18 @@ class LoadSession:
     weighted: list[tuple[tensors.Target, float]]
     payloads: dict[str, list[tensors.Payload]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    # Requests this process may still send (--max-requests on a local runner); None: no cap.
+    # Distributed runs are capped by the master instead, within about a second of requests.
+    budget: int | None = None
+
+    def take(self) -> bool:
+        """Claim one request from the budget; False once it is spent."""
+        if self.budget is None:
+            return True
+        if self.budget <= 0:
+            return False
+        self.budget -= 1
+        return True
 
     def chooser(self, seed_offset: int) -> mix.WeightedChooser:
         """A chooser with its own random stream (one per user keeps runs reproducible)."""
@@ -107,6 +119,7 @@ def ensure(environment: Any, *, build_payloads: bool, preflight: bool) -> LoadSe
             discovery.check_ready(client)
         signatures = discovery.discover(client, requests)
         weighted = mix.build_targets(signatures, opts.encodings, opts.mix)
+        local = type(getattr(environment, "runner", None)).__name__ == "LocalRunner"
         session = LoadSession(
             opts=opts,
             tokens=tokens,
@@ -114,6 +127,7 @@ def ensure(environment: Any, *, build_payloads: bool, preflight: bool) -> LoadSe
             signatures=signatures,
             weighted=weighted,
             rng=random.Random(opts.seed),
+            budget=opts.max_requests if local and opts.max_requests else None,
         )
         if preflight:
             _preflight_infer(client, session)

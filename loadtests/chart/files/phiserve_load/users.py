@@ -160,7 +160,10 @@ class ClosedLoopUser(PhiserveUser):
 
     @task
     def infer(self) -> None:
-        """One inference request."""
+        """One inference request (none once --max-requests is spent; the run then ends)."""
+        if not self.session.take():
+            gevent.sleep(0.5)
+            return
         self.send(self.pick())
 
 
