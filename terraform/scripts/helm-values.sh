@@ -97,6 +97,23 @@ missing = [n for n in REQUIRED if not isinstance(value(n), str) or not value(n)]
 if missing:
     die(f"outputs missing or empty in {source}: {', '.join(missing)} (is this a phiserve environment, fully applied?)")
 
+# Optional outputs (environments older than these outputs still work): the
+# prefixes the platform role is scoped to, and whether it may ship audit segments.
+def optional_str(name: str):
+    v = value(name)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        die(f"output {name} in {source} must be a non-empty string")
+    return v
+
+
+model_prefix = optional_str("model_repository_prefix")
+audit_prefix = optional_str("audit_prefix")
+shipping = value("audit_shipping_enabled")
+if shipping is not None and not isinstance(shipping, bool):
+    die(f"output audit_shipping_enabled in {source} must be true or false")
+
 selector = value("gpu_node_selector") or {}
 node_pool = selector.get("phiserve.io/node-pool", "gpu") if isinstance(selector, dict) else "gpu"
 
@@ -123,9 +140,22 @@ lines = [
     "modelRepository:",
     "  s3:",
     f"    bucket: {q(value('model_bucket'))}",
-    "audit:",
-    "  s3:",
-    f"    bucket: {q(value('audit_bucket'))}",
+]
+if model_prefix is not None:
+    # The platform role may list and read only under this prefix.
+    lines.append(f"    prefix: {q(model_prefix)}")
+if shipping is not False:
+    lines += [
+        "audit:",
+        "  s3:",
+        f"    bucket: {q(value('audit_bucket'))}",
+    ]
+    if audit_prefix is not None:
+        # The platform role may list and put only under this prefix.
+        lines.append(f"    prefix: {q(audit_prefix)}")
+    # The audit bucket policy admits SSE-KMS uploads naming exactly this key ARN.
+    lines.append(f"    kmsKeyId: {q(value('audit_kms_key_arn'))}")
+lines += [
     "image:",
     f"  repository: {q(value('ecr_repository_url'))}",
     "nodeSelector:",

@@ -23,7 +23,13 @@ OUTPUTS: dict[str, Any] = {
     "audit_bucket": "phiserve-prod-123456789012-audit",
     "ecr_repository_url": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/phiserve",
     "gpu_node_selector": {"phiserve.io/node-pool": "gpu", "nvidia.com/gpu.present": "true"},
+    "model_repository_prefix": "repository/",
+    "audit_prefix": "audit/",
+    "audit_shipping_enabled": True,
 }
+
+# Outputs an environment applied before the platform role was scoped to prefixes had.
+LEGACY_KEYS = ("model_repository_prefix", "audit_prefix", "audit_shipping_enabled")
 
 
 def _outputs_file(tmp_path: Path, outputs: dict[str, Any]) -> Path:
@@ -59,11 +65,56 @@ def test_writes_the_chart_values_contract(tmp_path: Path) -> None:
                 "region": "eu-west-1",
             },
         },
-        "modelRepository": {"s3": {"bucket": OUTPUTS["model_bucket"]}},
-        "audit": {"s3": {"bucket": OUTPUTS["audit_bucket"]}},
+        "modelRepository": {
+            "s3": {"bucket": OUTPUTS["model_bucket"], "prefix": OUTPUTS["model_repository_prefix"]}
+        },
+        "audit": {
+            "s3": {
+                "bucket": OUTPUTS["audit_bucket"],
+                "prefix": OUTPUTS["audit_prefix"],
+                # The audit bucket policy admits SSE-KMS uploads naming exactly this ARN.
+                "kmsKeyId": OUTPUTS["audit_kms_key_arn"],
+            }
+        },
         "image": {"repository": OUTPUTS["ecr_repository_url"]},
         "nodeSelector": {"phiserve.io/node-pool": "gpu"},
     }
+
+
+def test_no_audit_shipping_leaves_audit_s3_unset(tmp_path: Path) -> None:
+    """With enable_audit_shipping = false the role may not write the audit bucket: a shipper
+    configured anyway would fail on every round, so the values file does not turn it on."""
+    yaml = pytest.importorskip("yaml")
+    out = tmp_path / "values.yaml"
+    outputs = {**OUTPUTS, "audit_shipping_enabled": False}
+    proc = _run(tmp_path, TF_OUTPUTS_JSON=str(_outputs_file(tmp_path, outputs)), OUT=str(out))
+    assert proc.returncode == 0, proc.stderr
+    values = yaml.safe_load(out.read_text())
+    assert "audit" not in values
+    assert values["modelRepository"]["s3"]["prefix"] == "repository/"
+
+
+def test_outputs_without_prefixes_still_work(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    out = tmp_path / "values.yaml"
+    legacy = {k: v for k, v in OUTPUTS.items() if k not in LEGACY_KEYS}
+    proc = _run(tmp_path, TF_OUTPUTS_JSON=str(_outputs_file(tmp_path, legacy)), OUT=str(out))
+    assert proc.returncode == 0, proc.stderr
+    values = yaml.safe_load(out.read_text())
+    assert values["modelRepository"]["s3"] == {"bucket": OUTPUTS["model_bucket"]}
+    assert values["audit"]["s3"] == {
+        "bucket": OUTPUTS["audit_bucket"],
+        "kmsKeyId": OUTPUTS["audit_kms_key_arn"],
+    }
+
+
+def test_rejects_a_malformed_shipping_flag(tmp_path: Path) -> None:
+    out = tmp_path / "values.yaml"
+    outputs = {**OUTPUTS, "audit_shipping_enabled": "yes"}
+    proc = _run(tmp_path, TF_OUTPUTS_JSON=str(_outputs_file(tmp_path, outputs)), OUT=str(out))
+    assert proc.returncode != 0
+    assert "audit_shipping_enabled" in proc.stderr
+    assert not out.exists()
 
 
 def test_stdout_mode(tmp_path: Path) -> None:
@@ -114,4 +165,4 @@ def test_example_declares_every_output_the_script_reads() -> None:
         line.strip().strip('",') for line in required_block.splitlines()[1:] if line.strip()
     }
     assert required, "could not read REQUIRED from the script"
-    assert required | {"gpu_node_selector"} <= declared, required - declared
+    assert required | {"gpu_node_selector", *LEGACY_KEYS} <= declared, required - declared

@@ -58,6 +58,13 @@ module "storage" {
   ecr_kms_key_arn       = module.keys.cluster_key_arn
   audit_retention_years = var.audit_retention_years
   ecr_repository_name   = var.ecr_repository_name
+
+  # What the platform role may do in S3 (platform_policy_json, attached to
+  # the role by the cluster module below): read models under this prefix,
+  # ship audit segments under that one.
+  model_repository_prefix = var.model_repository_prefix
+  audit_prefix            = var.audit_prefix
+  enable_audit_shipping   = var.enable_audit_shipping
 }
 
 module "cluster" {

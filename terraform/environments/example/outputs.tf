@@ -32,7 +32,7 @@ output "models_kms_key_arn" {
 }
 
 output "audit_kms_key_arn" {
-  description = "KEK for audit segments."
+  description = "KEK for audit segments (keyProvider.awsKms.auditKeyId) and the SSE-KMS key the audit shipper names (audit.s3.kmsKeyId); the audit bucket policy admits uploads naming exactly this ARN."
   value       = module.keys.audit_key_arn
 }
 
@@ -44,6 +44,21 @@ output "model_bucket" {
 output "audit_bucket" {
   description = "Object-Locked audit bucket (audit.s3.bucket)."
   value       = module.storage.audit_bucket_name
+}
+
+output "model_repository_prefix" {
+  description = "Key prefix of the model repository (modelRepository.s3.prefix); the platform role reads only under it."
+  value       = module.storage.model_repository_prefix
+}
+
+output "audit_prefix" {
+  description = "Key prefix of shipped audit segments (audit.s3.prefix); the platform role writes only under it."
+  value       = module.storage.audit_prefix
+}
+
+output "audit_shipping_enabled" {
+  description = "Whether the platform role may ship audit segments (make helm-values sets audit.s3 only then)."
+  value       = module.storage.audit_shipping_enabled
 }
 
 output "ecr_repository_url" {

@@ -117,6 +117,24 @@ variable "audit_retention_years" {
   default     = 6
 }
 
+variable "model_repository_prefix" {
+  description = "Key prefix of the model repository in the model bucket, ending in '/'; the platform role reads only under it. make helm-values passes it to the chart (modelRepository.s3.prefix)."
+  type        = string
+  default     = "repository/"
+}
+
+variable "audit_prefix" {
+  description = "Key prefix of shipped audit segments in the audit bucket, ending in '/'; the platform role writes only under it. make helm-values passes it to the chart (audit.s3.prefix)."
+  type        = string
+  default     = "audit/"
+}
+
+variable "enable_audit_shipping" {
+  description = "Let the platform role ship audit segments to the Object-Locked audit bucket (the chart's audit shipper sidecar). false: the role gets no access to the audit bucket and make helm-values leaves audit.s3 unset."
+  type        = bool
+  default     = true
+}
+
 variable "ecr_repository_name" {
   description = "Name of the ECR repository for the server image."
   type        = string

@@ -150,7 +150,7 @@ variable "platform_service_account" {
 }
 
 variable "platform_role_inline_policies" {
-  description = "Inline IAM policies (name => policy JSON) attached to the platform role, for example the storage module's platform_policy_json. KMS use is granted by the key policies."
+  description = "Inline IAM policies (name => policy JSON) attached to the platform role, for example the storage module's platform_policy_json (prefix-scoped S3 read of models, audit uploads, and the SSE-KMS calls S3 makes for them). Without one the role can do nothing in S3; direct KMS use is granted by the key policies."
   type        = map(string)
   default     = {}
 }

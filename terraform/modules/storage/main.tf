@@ -670,38 +670,141 @@ resource "aws_ecr_lifecycle_policy" "this" {
 }
 
 ################################################################################
-# What the platform role may do here (attached by the caller to the IRSA role;
-# KMS use is granted by the key policies, not here).
+# What the platform role may do here: the identity policy of the IRSA role
+# (attached by the caller, e.g. the cluster module's
+# platform_role_inline_policies). It serves exactly two clients the Helm chart
+# runs under that role:
+#
+#   model-sync     init container: `aws s3 sync s3://<models>/<prefix> <dir>`
+#                  lists the prefix (ListObjectsV2 Prefix=<prefix>) and GETs
+#                  each object; S3 decrypts them with the models key on the
+#                  pod's behalf (kms:Decrypt through S3).
+#   audit-shipper  sidecar: `aws s3 sync <dir> s3://<audit>/<prefix>/<pod>/`
+#                  lists the destination to compare, then PUTs new segments
+#                  (multipart above 8 MiB) with SSE-KMS under the audit key:
+#                  S3 calls kms:GenerateDataKey, and kms:Decrypt to assemble
+#                  the parts, on the pod's behalf.
+#
+# Nothing else: no s3:*, no Delete*, no GetObject on the audit bucket, no
+# PutObjectRetention / PutObjectLegalHold / BypassGovernanceRetention (so an
+# upload cannot set its own Object Lock headers: the bucket default applies),
+# no AbortMultipartUpload (the audit bucket's lifecycle rule aborts stale
+# uploads after 7 days).
+#
+# The KMS statements only cover S3 using the keys for this bucket and prefix
+# (kms:ViaService + the aws:s3:arn encryption context). The server's own
+# envelope encryption (models key: Decrypt; audit key: Encrypt,
+# GenerateDataKey, Decrypt, called directly, not through S3) is granted by
+# the key policies of the keys module, which name the platform role.
+#
+# ARNs are built from the bucket names (known before apply) so the policy is
+# fully rendered in `terraform plan` and can be reviewed and tested there.
 ################################################################################
+
+locals {
+  model_bucket_arn = "arn:${local.partition}:s3:::${local.model_bucket_name}"
+  audit_bucket_arn = "arn:${local.partition}:s3:::${local.audit_bucket_name}"
+
+  # The service S3 calls KMS as, in this region (kms:ViaService).
+  s3_via_service = "s3.${data.aws_region.current.name}.amazonaws.com"
+
+  model_objects = "${local.model_bucket_arn}/${var.model_repository_prefix}*"
+  audit_objects = "${local.audit_bucket_arn}/${var.audit_prefix}*"
+}
 
 data "aws_iam_policy_document" "platform" {
   statement {
-    sid       = "ListModelRepository"
+    sid       = "ListModelRepositoryPrefix"
     effect    = "Allow"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [aws_s3_bucket.models.arn]
+    actions   = ["s3:ListBucket"]
+    resources = [local.model_bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.model_repository_prefix}*"]
+    }
   }
 
   statement {
     sid       = "ReadModelArtifacts"
     effect    = "Allow"
-    actions   = ["s3:GetObject", "s3:GetObjectVersion"]
-    resources = ["${aws_s3_bucket.models.arn}/*"]
+    actions   = ["s3:GetObject"]
+    resources = [local.model_objects]
   }
 
+  # SSE-KMS reads: S3 decrypts the object (or its bucket key) with the models
+  # key on the caller's behalf. The encryption context is the bucket ARN with
+  # an S3 Bucket Key, the object ARN without one.
   statement {
-    sid       = "ListAuditSegments"
+    sid       = "DecryptModelArtifactsThroughS3"
     effect    = "Allow"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [aws_s3_bucket.audit.arn]
+    actions   = ["kms:Decrypt"]
+    resources = [var.models_kms_key_arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.s3_via_service]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "kms:EncryptionContext:aws:s3:arn"
+      values   = [local.model_bucket_arn, local.model_objects]
+    }
   }
 
-  # Write new segments and read back the chain; no delete, no retention or
-  # legal-hold changes.
-  statement {
-    sid       = "WriteAndReadAuditSegments"
-    effect    = "Allow"
-    actions   = ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload"]
-    resources = ["${aws_s3_bucket.audit.arn}/*"]
+  dynamic "statement" {
+    for_each = var.enable_audit_shipping ? [1] : []
+    content {
+      sid       = "ListAuditPrefix"
+      effect    = "Allow"
+      actions   = ["s3:ListBucket"]
+      resources = [local.audit_bucket_arn]
+
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${var.audit_prefix}*"]
+      }
+    }
+  }
+
+  # Write-once: new segment versions only. Deleting or re-locking is not
+  # granted, and COMPLIANCE-mode Object Lock keeps every version anyway.
+  dynamic "statement" {
+    for_each = var.enable_audit_shipping ? [1] : []
+    content {
+      sid       = "WriteAuditSegments"
+      effect    = "Allow"
+      actions   = ["s3:PutObject"]
+      resources = [local.audit_objects]
+    }
+  }
+
+  # SSE-KMS uploads: GenerateDataKey for the object (or bucket) key, Decrypt
+  # for S3 to complete multipart uploads. The bucket policy separately denies
+  # uploads naming any key but the audit key's ARN.
+  dynamic "statement" {
+    for_each = var.enable_audit_shipping ? [1] : []
+    content {
+      sid       = "EncryptAuditSegmentsThroughS3"
+      effect    = "Allow"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = [var.audit_kms_key_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = [local.s3_via_service]
+      }
+
+      condition {
+        test     = "StringLike"
+        variable = "kms:EncryptionContext:aws:s3:arn"
+        values   = [local.audit_bucket_arn, local.audit_objects]
+      }
+    }
   }
 }

@@ -42,6 +42,21 @@ output "ecr_repository_arn" {
 }
 
 output "platform_policy_json" {
-  description = "IAM policy (JSON) with the S3 access the platform needs: read models, write and read audit segments, no deletes. Attach it to the platform's IRSA role."
+  description = "Identity policy (JSON) for the platform's IRSA role: list and read the model repository prefix, put audit segments under the audit prefix (when enable_audit_shipping), and the SSE-KMS calls S3 makes for those; no delete, no retention changes."
   value       = data.aws_iam_policy_document.platform.json
+}
+
+output "model_repository_prefix" {
+  description = "Key prefix of the model repository (modelRepository.s3.prefix in the chart); the platform role reads only under it."
+  value       = var.model_repository_prefix
+}
+
+output "audit_prefix" {
+  description = "Key prefix of shipped audit segments (audit.s3.prefix in the chart); the platform role writes only under it."
+  value       = var.audit_prefix
+}
+
+output "audit_shipping_enabled" {
+  description = "Whether the platform role may ship audit segments to the audit bucket (the chart's audit shipper)."
+  value       = var.enable_audit_shipping
 }

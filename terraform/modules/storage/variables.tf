@@ -126,6 +126,34 @@ variable "ecr_untagged_image_expiry_days" {
   }
 }
 
+variable "model_repository_prefix" {
+  description = "Key prefix of the model repository in the model bucket, ending in '/' (the chart's modelRepository.s3.prefix). The platform role may list and read only under it."
+  type        = string
+  default     = "repository/"
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9._-]*/)+$", var.model_repository_prefix))
+    error_message = "model_repository_prefix must be one or more path segments each ending in '/' (letters, digits, '.', '_', '-'; no leading '/', no wildcards), for example \"repository/\"."
+  }
+}
+
+variable "audit_prefix" {
+  description = "Key prefix of the shipped audit segments in the audit bucket, ending in '/' (the chart's audit.s3.prefix). The platform role may list and write only under it."
+  type        = string
+  default     = "audit/"
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9._-]*/)+$", var.audit_prefix))
+    error_message = "audit_prefix must be one or more path segments each ending in '/' (letters, digits, '.', '_', '-'; no leading '/', no wildcards), for example \"audit/\"."
+  }
+}
+
+variable "enable_audit_shipping" {
+  description = "Grant the platform role what the chart's audit shipper sidecar needs (list and put under audit_prefix, SSE-KMS with the audit key through S3). false leaves the role without any access to the audit bucket."
+  type        = bool
+  default     = true
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
