@@ -18,6 +18,7 @@ next request of that user, which is a closed loop with pacing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -61,6 +62,9 @@ def _error_message(status: int, body: bytes | None) -> str:
     return f"HTTP {status}: {detail[:160]}" if detail else f"HTTP {status}"
 
 
+_USER_INDEX = itertools.count()
+
+
 class PhiserveUser(FastHttpUser):
     """Shared request sending; abstract (locust spawns only the concrete users)."""
 
@@ -76,8 +80,10 @@ class PhiserveUser(FastHttpUser):
         self.connection_timeout = opts.request_timeout
         self.insecure = opts.insecure
         self.concurrency = self.connections(opts.max_outstanding)
-        self.chooser = self.session.chooser(id(self) % 100_000)
-        self.rng = random.Random(None if opts.seed is None else opts.seed + id(self) % 1000)
+        # With --seed, user n of a process always draws the same targets and bodies.
+        index = next(_USER_INDEX)
+        self.chooser = self.session.chooser(index)
+        self.rng = random.Random(None if opts.seed is None else opts.seed * 7919 + index)
         super().__init__(environment)
 
     def connections(self, max_outstanding: int) -> int:
