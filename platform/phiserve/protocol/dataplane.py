@@ -20,6 +20,7 @@ from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import (
     BadRequest,
+    ConfigurationError,
     DeadlineExceeded,
     NotFound,
     NotReady,
@@ -83,21 +84,39 @@ class DataPlane:
             self._retry_task = asyncio.get_running_loop().create_task(self._retry_failures())
 
     def _load_all(self) -> None:
+        """Load every version not loaded yet. Runs on a worker thread: it builds new tables and
+        swaps them in at the end, so request handlers always see a consistent snapshot."""
+        loaded = {name: dict(versions) for name, versions in self.loaded.items()}
+        failures: dict[tuple[str, int], str] = {}
         entries = list(self.repository.entries())
         if not entries:
-            self.failures[("*", 0)] = f"model repository {self.repository.root} holds no models"
-            log.error(self.failures[("*", 0)])
-            return
-        self.failures.pop(("*", 0), None)
+            failures[("*", 0)] = f"model repository {self.repository.root} holds no models"
+        else:
+            self._load_entries(entries, loaded, failures)
+        defaults = {}
+        for name, versions in loaded.items():
+            all_versions = sorted({*versions, *(v for (m, v) in failures if m == name)})
+            try:
+                defaults[name] = default_version(name, all_versions, self.settings.pinned_versions)
+            except ConfigurationError as exc:
+                failures[(name, self.settings.pinned_versions[name])] = exc.message
+        for cause in failures.values():
+            log.error("%s", cause)
+        self.loaded, self.failures, self.defaults = loaded, failures, defaults
+
+    def _load_entries(
+        self,
+        entries: list[tuple[str, int]],
+        loaded: dict[str, dict[int, LoadedVersion]],
+        failures: dict[tuple[str, int], str],
+    ) -> None:
         try:
             provider = key_provider_from_settings(self.settings)
         except PhiserveError as exc:
-            for entry in entries:
-                self.failures[entry] = exc.message
-            log.error("key provider unavailable: %s", exc.message)
+            failures.update(dict.fromkeys(entries, f"key provider unavailable: {exc.message}"))
             return
         for name, version in entries:
-            if version in self.loaded.get(name, {}):
+            if version in loaded.get(name, {}):
                 continue
             started = time.perf_counter()
             try:
@@ -110,19 +129,14 @@ class DataPlane:
                 )
                 model.warm_up()
             except PhiserveError as exc:
-                self.failures[(name, version)] = exc.message
+                failures[(name, version)] = exc.message
                 telemetry.set_model_ready(name, version, False)
-                log.error("%s", exc.message)
                 continue
-            self.failures.pop((name, version), None)
             seconds = time.perf_counter() - started
-            self.loaded.setdefault(name, {})[version] = LoadedVersion(
+            loaded.setdefault(name, {})[version] = LoadedVersion(
                 artifact.manifest, model, Batcher(model, self.settings.batching_for(name)), seconds
             )
             telemetry.model_loaded(name, version, seconds)
-        for name, versions in self.loaded.items():
-            all_versions = sorted({*versions, *(v for (m, v) in self.failures if m == name)})
-            self.defaults[name] = default_version(name, all_versions, self.settings.pinned_versions)
 
     def start_batchers(self) -> None:
         """Start the batching loop of each newly loaded version (on the event loop)."""
