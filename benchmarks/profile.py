@@ -44,20 +44,24 @@ def package_of(path: str) -> str:
     return parts[0].removesuffix(".py")
 
 
-# Which thread a stack belongs to, by a frame that only that kind of thread has.
+# Which thread a stack belongs to, by a frame only that kind of thread runs. Event-loop stacks
+# resumed from uvloop callbacks do not always reach Runner.run, so the loop is the fallback.
 _ROLES = (
-    ("audit writer thread", "AuditWriter._run"),
-    ("onnxruntime executor thread", "_worker (concurrent/futures/thread.py"),
-    ("event loop (HTTP, middleware, handlers)", "Runner.run"),
+    ("audit writer thread", ("AuditWriter._run",)),
+    ("onnxruntime executor thread", ("_worker (concurrent/futures/thread.py",)),
+    (
+        "OpenTelemetry export thread",
+        ("BatchProcessor", "BatchSpanProcessor", "opentelemetry/exporter"),
+    ),
 )
 
 
 def role_of(frames: list[str]) -> str:
     """The kind of thread a sampled stack ran on."""
-    for role, marker in _ROLES:
-        if any(f.startswith(marker) for f in frames):
+    for role, markers in _ROLES:
+        if any(m in f for f in frames for m in markers):
             return role
-    return "other threads"
+    return "event loop (HTTP, middleware, handlers)"
 
 
 def summarize(raw: str, top: int = 25) -> str:
