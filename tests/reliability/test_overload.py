@@ -65,3 +65,12 @@ def test_burst_past_capacity_is_shed_then_the_server_recovers(home: Path) -> Non
         assert status == 200
         metrics = httpx.get(f"{server.url}/metrics").text
         assert "phiserve_requests_in_flight 1.0" in metrics  # only the scrape itself
+
+
+def test_per_request_deadline_answers_504(home: Path) -> None:
+    with ServerProcess(home, PHISERVE_REQUEST_TIMEOUT_S="0.001") as server:
+        status, message, seconds = _image_request(server.url, server.auth)
+        assert status == 504
+        assert "no result within" in message
+        assert seconds < 5
+        assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
