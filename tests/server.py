@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -107,20 +108,26 @@ class ServerProcess:
 
     def wait_until_ready(self) -> None:
         """Poll /v2/health/ready until 200; fail with the server log if it dies or times out."""
-        deadline = time.monotonic() + self.timeout
+        self.wait_for_readiness(lambda r: r.status_code == 200)
+
+    def wait_for_readiness(
+        self, predicate: Callable[[httpx.Response], bool], timeout: float | None = None
+    ) -> httpx.Response:
+        """Poll /v2/health/ready until ``predicate(response)`` holds; returns that response."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        last = "no answer"
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if (
-                    httpx.get(f"{self.url}/v2/health/ready", timeout=1, verify=False).status_code
-                    == 200
-                ):
-                    return
+                response = httpx.get(f"{self.url}/v2/health/ready", timeout=2, verify=False)
+                if predicate(response):
+                    return response
+                last = f"{response.status_code} {response.text[:300]}"
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"server not ready in {self.timeout} s:\n{self.log()}")
+        raise AssertionError(f"readiness never matched (last: {last}):\n{self.log()[-4000:]}")
 
     def log(self) -> str:
         """Everything the server printed so far."""

@@ -73,15 +73,7 @@ def test_corrupt_version_is_refused_while_others_serve(home: Path) -> None:
     data[100] ^= 0xFF
     artifact.write_bytes(bytes(data))
     with ServerProcess(home, wait_ready=False) as server:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{server.url}/v2/health/ready", timeout=1)
-                if "failures" in ready.json():
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        ready = server.wait_for_readiness(lambda r: "failures" in r.json())
         assert ready.status_code == 503
         (failure,) = ready.json()["failures"]
         assert failure["model"] == "chest-xray"

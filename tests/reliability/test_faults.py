@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,31 +44,13 @@ def vault_home(home: Path, vault: VaultTransitStub) -> tuple[Path, dict[str, str
     return home, env
 
 
-def _wait_ready(server: ServerProcess, want: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{server.url}/v2/health/ready", timeout=2)
-            body = response.json()
-            if response.status_code == want:
-                return body
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"readiness never became {want}: {body}\n{server.log()[-3000:]}")
-
-
 def test_key_provider_down_at_start_then_back(
     vault_home: tuple[Path, dict[str, str]], vault: VaultTransitStub
 ) -> None:
     home, env = vault_home
     vault.sealed = True
     with ServerProcess(home, wait_ready=False, **env) as server:
-        body = _wait_ready(server, 503)
-        deadline = time.monotonic() + 30
-        while "failures" not in body and time.monotonic() < deadline:
-            body = _wait_ready(server, 503)
+        body = server.wait_for_readiness(lambda r: "failures" in r.json()).json()
         (failure,) = body["failures"]
         assert failure["model"] == "breast-cancer"
         assert "Vault" in failure["cause"] or "vault" in failure["cause"], failure
@@ -77,7 +58,7 @@ def test_key_provider_down_at_start_then_back(
         assert server.proc.poll() is None
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
         vault.sealed = False  # the provider comes back: no restart needed
-        assert _wait_ready(server, 200) == {"ready": True}
+        assert server.wait_for_readiness(lambda r: r.status_code == 200).json() == {"ready": True}
         response = httpx.post(
             f"{server.url}/v2/models/breast-cancer/infer", json=BODY, headers=server.auth
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -63,14 +62,6 @@ def test_pin_to_a_missing_version_is_not_ready_with_the_cause(home: Path) -> Non
     with ServerProcess(
         home, wait_ready=False, PHISERVE_PINNED_VERSIONS='{"breast-cancer": 7}'
     ) as server:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{server.url}/v2/health/ready", timeout=2)
-                if "failures" in ready.json():
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        ready = server.wait_for_readiness(lambda r: "failures" in r.json())
         assert ready.status_code == 503
         assert "pinned to version 7" in ready.json()["failures"][0]["cause"]
