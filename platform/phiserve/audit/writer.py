@@ -175,12 +175,14 @@ class AuditWriter:
         )
         self._thread.start()
 
-    async def append(self, event: AuditEvent) -> AuditRecord:
-        """Append one record; returns it once durable, or raises :class:`AuditUnavailable`."""
+    def append(self, event: AuditEvent) -> asyncio.Future[AuditRecord]:
+        """Queue one record; the future resolves once it is durable, or raises
+        :class:`AuditUnavailable`. A plain future, not a coroutine: the writer commits the record
+        even if the waiter is cancelled, so no task (or shield) is needed per request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AuditRecord] = loop.create_future()
         self._submit(_Pending(event, future, loop))
-        return await future
+        return future
 
     def append_sync(self, event: AuditEvent, timeout: float | None = 30.0) -> AuditRecord:
         """Blocking :meth:`append` for threads and command-line tools."""
