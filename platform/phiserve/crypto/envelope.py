@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,7 +78,9 @@ def seal(
     return header, ciphertext, data_key
 
 
-def open_with_key(data_key: bytes, header: EnvelopeHeader, ciphertext: bytes, aad: bytes) -> bytes:
+def open_with_key(
+    data_key: bytes, header: EnvelopeHeader, ciphertext: bytes | memoryview | mmap.mmap, aad: bytes
+) -> bytes:
     """Decrypt and authenticate; a wrong key, wrong AAD or any flipped bit raises."""
     try:
         return AESGCM(data_key).decrypt(header.nonce, ciphertext, aad)
