@@ -63,12 +63,19 @@ def _ro_root_supported() -> bool:
 RO_ROOT = _ro_root_supported()
 
 # Runs its arguments in a private mount namespace: the directories in $CONTRACT_RW stay
-# writable, $CONTRACT_TMP becomes /tmp, and the rest of / is read-only.
+# writable, $CONTRACT_TMP becomes /tmp, and the rest of / is read-only. When the checkout
+# itself lives under /tmp (a CI clone), covering /tmp would hide the server's own code: then
+# the stand-in is given as TMPDIR and the real /tmp stays read-only with the rest of /.
 WRAPPER = r"""#!/bin/sh
 exec unshare -m --propagation private /bin/sh -c '
 set -e
 for d in $CONTRACT_RW; do mount --bind "$d" "$d"; done
-if [ -n "$CONTRACT_TMP" ]; then mount --bind "$CONTRACT_TMP" /tmp; fi
+if [ -n "$CONTRACT_TMP" ]; then
+  case "$CONTRACT_KEEP" in
+    /tmp|/tmp/*) export TMPDIR="$CONTRACT_TMP" ;;
+    *) mount --bind "$CONTRACT_TMP" /tmp ;;
+  esac
+fi
 mount -o remount,bind,ro /
 exec "$@"' sh "$@"
 """
@@ -164,7 +171,8 @@ class Pod:
         """Environment for the read-only-root wrapper: writable dirs and the /tmp stand-in."""
         rw = [str(local) for _, local, writable in self.mounts(container) if writable]
         tmp = next((str(local) for p, local, _ in self.mounts(container) if p == "/tmp"), "")
-        return {"CONTRACT_RW": " ".join(rw), "CONTRACT_TMP": tmp}
+        keep = str(Path(__file__).resolve().parents[2])  # the checkout (and its .venv)
+        return {"CONTRACT_RW": " ".join(rw), "CONTRACT_TMP": tmp, "CONTRACT_KEEP": keep}
 
     def command(self, container: dict[str, Any], wrapper: Path | None) -> list[str]:
         argv = [*container.get("command", []), *container.get("args", [])]
