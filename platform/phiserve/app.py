@@ -1,8 +1,9 @@
 """Builds phiserve's ASGI stack from settings: the layers every request passes through.
 
 Outermost first: request context -> telemetry (server span, metrics) -> audit (one durable
-record per request, allowed or refused) -> authentication and authorization -> the V2 routes. All layers are plain ASGI: no BaseHTTPMiddleware, no body
-buffering outside the infer handler.
+record per request, allowed or refused) -> authentication and authorization -> the V2 routes.
+All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming),
+and only the infer handler reads the body.
 """
 
 from __future__ import annotations

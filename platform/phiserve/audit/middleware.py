@@ -18,7 +18,7 @@ refused requests are recorded too::
   audited, so probes and scrapes do not flood the trail; they carry no PHI and need no identity.
   Unmatched paths *are* audited (route ``unmatched``): they are how scanners show up.
 
-It is plain ASGI (no ``BaseHTTPMiddleware``): streaming bodies and responses pass untouched.
+It is plain ASGI (no Starlette's base-middleware class): streaming bodies and responses pass untouched.
 """
 
 from __future__ import annotations

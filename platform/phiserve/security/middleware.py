@@ -1,4 +1,4 @@
-"""Authentication and authorization as a plain ASGI layer (no BaseHTTPMiddleware).
+"""Authentication and authorization as a plain ASGI layer (no Starlette's base-middleware class).
 
 Placement: inside :class:`phiserve.context.ContextMiddleware` (which matches the route and creates
 the request context) and inside the audit layer (so refusals are audited), outside the router::

@@ -1,6 +1,6 @@
 """TelemetryMiddleware: the server span, the trace id and the request metrics of each request.
 
-Plain ASGI (no Starlette ``BaseHTTPMiddleware``: it would break streaming), placed just inside
+Plain ASGI (no Starlette's base-middleware class: it would break streaming), placed just inside
 :class:`~phiserve.context.ContextMiddleware`::
 
     app = ContextMiddleware(TelemetryMiddleware(router))
