@@ -18,13 +18,14 @@ from phiserve.audit import AuditMiddleware, AuditWriter
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
+from phiserve.errors import NotFound, send_error
 from phiserve.protocol.dataplane import DataPlane
-from phiserve.protocol.http import V2App, send_response
+from phiserve.protocol.http import V2App
 from phiserve.security import AuthMiddleware, TokenVerifier
 
 
 async def _no_metrics(scope: Scope, receive: Receive, send: Send) -> None:
-    await send_response(send, 404, b'{"error":"metrics are disabled"}', [])
+    await send_error(send, NotFound("metrics are disabled (PHISERVE_METRICS_ENABLED=false)"))
 
 
 @dataclass
@@ -55,8 +56,8 @@ class Platform:
 def build_platform(settings: Settings) -> Platform:
     """Compose the platform from settings.
 
-    Only configuration is read here (the JWKS, so a bad identity set-up fails before serving);
-    models load in :meth:`Platform.start`.
+    Only configuration and keys are read here (the JWKS, the audit key provider), so a bad
+    set-up fails before serving; models load and the audit trail opens in :meth:`Platform.start`.
     """
     dataplane = DataPlane(settings)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
