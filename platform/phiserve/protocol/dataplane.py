@@ -70,6 +70,7 @@ class DataPlane:
         # (model, version) -> PHI-free cause, for versions that could not be loaded.
         self.failures: dict[tuple[str, int], str] = {}
         self.defaults: dict[str, int] = {}
+        self.model_names: frozenset[str] = frozenset()
         self.draining = False
         # Dependencies that must work for us to be ready (name -> healthy?), e.g. the audit sink.
         self.health_checks: dict[str, Callable[[], bool]] = {}
@@ -103,6 +104,7 @@ class DataPlane:
         for cause in failures.values():
             log.error("%s", cause)
         self.loaded, self.failures, self.defaults = loaded, failures, defaults
+        self.model_names = frozenset(loaded) | {m for (m, _) in failures}
 
     def _load_entries(
         self,
@@ -180,9 +182,9 @@ class DataPlane:
             ]
         return body
 
-    def known_models(self) -> set[str]:
-        """Names of the models in the repository, loaded or not."""
-        return self.loaded.keys() | {m for (m, _) in self.failures}
+    def known_models(self) -> frozenset[str]:
+        """Names of the models in the repository, loaded or not (computed once per load)."""
+        return self.model_names
 
     def server_metadata(self) -> dict[str, Any]:
         """GET /v2."""

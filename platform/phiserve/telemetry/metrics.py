@@ -256,22 +256,14 @@ class Metrics:
         yield self.queue_wait.family()
         yield self.inference.family()
         yield self.batch_size.family()
-        ready_fam = GaugeMetricFamily(
-            f"{self._ns}_model_ready",
-            "1 when the model version serves, else 0.",
-            labels=["model", "version"],
+        yield _per_version_gauge(
+            f"{self._ns}_model_ready", "1 when the model version serves, else 0.", ready
         )
-        for key, value in ready.items():
-            ready_fam.add_metric(list(key), value)
-        yield ready_fam
-        load_fam = GaugeMetricFamily(
+        yield _per_version_gauge(
             f"{self._ns}_model_load_duration_seconds",
             "Time the last load of the model version took (decrypt, verify, session).",
-            labels=["model", "version"],
+            load,
         )
-        for key, value in load.items():
-            load_fam.add_metric(list(key), value)
-        yield load_fam
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""
@@ -307,3 +299,13 @@ class MetricsApp:
 
 METRICS: Final = Metrics()
 metrics_app: Final = MetricsApp(METRICS)
+
+
+def _per_version_gauge(
+    name: str, documentation: str, values: dict[tuple[str, str], float]
+) -> GaugeMetricFamily:
+    """A gauge family with one sample per (model, version)."""
+    family = GaugeMetricFamily(name, documentation, labels=["model", "version"])
+    for key, value in values.items():
+        family.add_metric(list(key), value)
+    return family
