@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 
 from benchmarks.machine import process_tree
+from benchmarks.payloads import chest_xray_binary
 from tests.server import ServerProcess, prepare_home
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,25 +34,15 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
-def _binary_image() -> tuple[bytes, dict[str, str]]:
-    image = np.random.default_rng(3).random((2, 1, 224, 224), dtype=np.float32).tobytes()
-    header = (
-        '{"inputs":[{"name":"image","datatype":"FP32","shape":[2,1,224,224],'
-        f'"parameters":{{"binary_data_size":{len(image)}}}}}],'
-        '"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}'
-    ).encode()
-    return header + image, {"inference-header-content-length": str(len(header))}
-
-
 def _load(
     server: ServerProcess, stop: threading.Event, counts: Counter, lock: threading.Lock
 ) -> None:
     """One closed-loop client cycling through valid and invalid requests."""
-    image, image_headers = _binary_image()
+    image = chest_xray_binary()
     auth = server.auth
     calls = [
         ("POST", "/v2/models/breast-cancer/infer", {"json": ROW}, auth),
-        ("POST", "/v2/models/chest-xray/infer", {"content": image}, {**auth, **image_headers}),
+        ("POST", image.path, {"content": image.body}, {**auth, **image.headers}),
         (
             "POST",
             "/v2/models/breast-cancer/infer",
