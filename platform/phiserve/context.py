@@ -114,7 +114,6 @@ class RequestContext:
     outcome: str = "pending"  # ok | denied | rejected | error | overloaded
     error_type: str | None = None
     body_hmac: str | None = None
-    body_bytes: int = 0
     batch_size: int | None = None
 
     @property

@@ -95,7 +95,6 @@ class _AuditedRequest:
                 chunk: bytes = message.get("body", b"")
                 if self.mac is not None and chunk:
                     self.mac.update(chunk)
-                self.ctx.body_bytes += len(chunk)
                 if not message.get("more_body", False):
                     self.body_done = True
             return message

@@ -143,7 +143,6 @@ class V2App:
         ctx = get_context(scope)
         lv = self._resolve(scope)
         body = await read_body(scope, receive, self.max_request_bytes)
-        ctx.body_bytes = len(body)
         header_length = None
         for name, value in scope["headers"]:
             if name == HEADER_LENGTH.encode():

@@ -63,11 +63,6 @@ class Batcher:
         )
         self._task: asyncio.Task | None = None
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a batch."""
-        return len(self._queue)
-
     def start(self) -> None:
         """Start the batching loop on the running event loop (once)."""
         if self._task is None:
