@@ -122,6 +122,19 @@ class RequestContext:
         return self.route.template if self.route else "unmatched"
 
 
+def outcome_for_status(status: int) -> str:
+    """The outcome implied by an HTTP status, for layers that did not set one."""
+    if status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "denied"
+    if status in (429, 503):
+        return "overloaded"
+    if status < 500:
+        return "rejected"
+    return "error"
+
+
 def get_context(scope: Scope) -> RequestContext:
     """The context of the request in ``scope`` (created by :class:`ContextMiddleware`)."""
     return scope[SCOPE_KEY]

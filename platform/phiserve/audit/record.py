@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from phiserve.context import outcome_for_status
+
 if TYPE_CHECKING:
     from phiserve.context import RequestContext
 
@@ -47,19 +49,6 @@ def parse_iso(text: str) -> datetime:
     """Parse an ISO-8601 timestamp; a naive one is taken as UTC."""
     parsed = datetime.fromisoformat(text.strip())
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def outcome_for_status(status: int) -> str:
-    """The outcome implied by an HTTP status, for handlers that did not set one."""
-    if status < 400:
-        return "ok"
-    if status in (401, 403):
-        return "denied"
-    if status in (429, 503):
-        return "overloaded"
-    if status < 500:
-        return "rejected"
-    return "error"
 
 
 def _text(value: str | None, pattern: re.Pattern[str] | None = None) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
-from phiserve.context import get_context
+from phiserve.context import get_context, outcome_for_status
 from phiserve.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -25,10 +25,11 @@ from phiserve.errors import (
     send_error,
 )
 from phiserve.protocol.codecs import HEADER_LENGTH, decode_request
-from phiserve.protocol.dataplane import DataPlane
+from phiserve.protocol.dataplane import DataPlane, LoadedVersion
 
 _JSON = (b"content-type", b"application/json")
 _OCTETS = (b"content-type", b"application/octet-stream")
+_HEADER_LENGTH = HEADER_LENGTH.encode()
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -101,7 +102,7 @@ class V2App:
                 raise MethodNotAllowed(f"{route.template} accepts {route.method} only")
             await self._handlers[route.name](scope, receive, send)
         except PhiserveError as exc:
-            ctx.outcome, ctx.error_type = _outcome(exc.status), type(exc).__name__
+            ctx.outcome, ctx.error_type = outcome_for_status(exc.status), type(exc).__name__
             await send_error(send, exc)
         except Exception as exc:  # a real bug: opaque 500, details only in the server log
             ctx.outcome, ctx.error_type = "error", type(exc).__name__
@@ -121,7 +122,7 @@ class V2App:
     async def _server_metadata(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, self.dataplane.server_metadata())
 
-    def _resolve(self, scope: Scope):
+    def _resolve(self, scope: Scope) -> LoadedVersion:
         ctx = get_context(scope)
         route = ctx.route
         lv = self.dataplane.resolve(route.model, route.version, route.bad_version)
@@ -129,15 +130,16 @@ class V2App:
         return lv
 
     async def _model_metadata(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, self.dataplane.model_metadata(self._resolve(scope)))
-        get_context(scope).outcome = "ok"
+        doc = self.dataplane.model_metadata(self._resolve(scope))
+        get_context(scope).outcome = "ok"  # before the response starts: the audit reads it then
+        await send_json(send, 200, doc)
 
     async def _model_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         lv = self._resolve(scope)
         ready = not self.dataplane.draining
         doc = {"name": lv.manifest.name, "version": str(lv.manifest.version), "ready": ready}
+        get_context(scope).outcome = "ok" if ready else "overloaded"
         await send_json(send, 200 if ready else 503, doc)
-        get_context(scope).outcome = "ok"
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
@@ -145,7 +147,7 @@ class V2App:
         body = await read_body(scope, receive, self.max_request_bytes)
         header_length = None
         for name, value in scope["headers"]:
-            if name == HEADER_LENGTH.encode():
+            if name == _HEADER_LENGTH:
                 if not value.isdigit():
                     raise BadRequest("Inference-Header-Content-Length is not a number")
                 header_length = int(value)
@@ -155,14 +157,6 @@ class V2App:
         ctx.batch_size = result.timings.batch_size
         headers = [_JSON] if result.header_length is None else [_OCTETS]
         if result.header_length is not None:
-            headers.append((HEADER_LENGTH.encode(), str(result.header_length).encode()))
-        await send_response(send, 200, result.body, headers)
+            headers.append((_HEADER_LENGTH, str(result.header_length).encode()))
         ctx.outcome = "ok"
-
-
-def _outcome(status: int) -> str:
-    if status in (401, 403):
-        return "denied"
-    if status in (429, 503):
-        return "overloaded"
-    return "rejected" if status < 500 else "error"
+        await send_response(send, 200, result.body, headers)
