@@ -35,8 +35,8 @@ class LocalKeyProvider:
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
         if create and not path.exists():
-            self._write({"current": None, "keys": {}})
-            self.rotate()
+            self._keys: dict[str, bytes] = {}
+            self.rotate()  # writes the file, 0600, with its first KEK
         self._keys, self._current = self._read()
 
     def _read(self) -> tuple[dict[str, bytes], str]:
@@ -112,13 +112,9 @@ class LocalKeyProvider:
 
     def rotate(self) -> str:
         """Add a new current KEK; older ones stay until :meth:`retire_others`."""
-        if hasattr(self, "_keys"):
-            keys, _ = self._keys, self._current
-        else:
-            keys = {}
         kid = f"local-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
-        keys[kid] = AESGCM.generate_key(bit_length=256)
-        self._keys, self._current = keys, kid
+        self._keys[kid] = AESGCM.generate_key(bit_length=256)
+        self._current = kid
         self._save()
         return kid
 
