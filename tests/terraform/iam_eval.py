@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from tests.terraform.tfhelpers import TfConfig, as_list, policy_statements
+from tests.terraform.tfhelpers import TfConfig, as_list, document_statements
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.\[\]\"-]+)\}")
 
@@ -63,10 +63,11 @@ class Statement:
 
 
 def statements(cfg: TfConfig, doc: str, env: dict[str, Any]) -> list[Statement]:
-    """The rendered statements of ``data.aws_iam_policy_document.<doc>``, dynamic ones included
-    (a dynamic block counts as present: callers check its ``for_each`` separately)."""
+    """The rendered statements of ``data.aws_iam_policy_document.<doc>``, those of its
+    ``source_policy_documents`` and dynamic ones included (a dynamic block counts as present:
+    callers check its ``for_each`` separately)."""
     found = []
-    for raw in policy_statements(cfg.data_source("aws_iam_policy_document", doc)):
+    for raw in document_statements(cfg, doc):
         assert "not_actions" not in raw and "not_resources" not in raw, raw.get("sid")
         assert "principals" not in raw or doc != "platform", "identity policy with principals"
         found.append(

@@ -19,11 +19,11 @@ from tests.terraform.tfhelpers import (
     TF_ROOT,
     TfConfig,
     as_list,
+    document_statements,
     example,
     load_dir,
     module,
     one,
-    policy_statements,
     statement_actions,
     statement_principals,
     strip_interp,
@@ -242,7 +242,7 @@ PLATFORM = "${var.platform_role_arn}"
 
 
 def _platform_actions(keys: TfConfig, doc: str) -> set[str]:
-    statements = policy_statements(keys.data_source("aws_iam_policy_document", doc))
+    statements = document_statements(keys, doc)
     actions: set[str] = set()
     for s in statements:
         if PLATFORM in statement_principals(s):
@@ -276,7 +276,7 @@ def test_only_account_root_gets_kms_star(keys: TfConfig, doc: str) -> None:
     assert root_arn == "arn:${local.partition}:iam::${local.account_id}:root"
     assert keys.locals["account_id"] == "${data.aws_caller_identity.current.account_id}"
     root_statements = 0
-    for s in policy_statements(keys.data_source("aws_iam_policy_document", doc)):
+    for s in document_statements(keys, doc):
         actions = set(statement_actions(s, keys))
         principals = statement_principals(s)
         assert "*" not in principals, f"{doc}: wildcard principal in {s.get('sid')}"
@@ -304,7 +304,7 @@ def test_key_administrators_cannot_use_the_keys(keys: TfConfig) -> None:
 
 
 def test_logs_key_is_scoped_to_this_accounts_log_groups(keys: TfConfig) -> None:
-    statements = policy_statements(keys.data_source("aws_iam_policy_document", "logs"))
+    statements = document_statements(keys, "logs")
     service = [s for s in statements if one(s["principals"], "p")["type"] == "Service"]
     assert len(service) == 1
     stmt = service[0]
@@ -416,7 +416,7 @@ def test_bucket_policy_denies_non_tls(storage: TfConfig, name: str) -> None:
     policy = storage.resource("aws_s3_bucket_policy", name)
     assert policy["bucket"] == f"${{aws_s3_bucket.{name}.id}}"
     assert policy["policy"] == f"${{data.aws_iam_policy_document.{name}.json}}"
-    statements = policy_statements(storage.data_source("aws_iam_policy_document", name))
+    statements = document_statements(storage, name)
     deny = [
         s
         for s in statements
@@ -436,6 +436,18 @@ def test_bucket_policy_denies_non_tls(storage: TfConfig, name: str) -> None:
         f"${{aws_s3_bucket.{name}.arn}}",
         f"${{aws_s3_bucket.{name}.arn}}/*",
     }
+    # The PHI buckets also refuse TLS older than 1.2 (the access-log bucket does not).
+    old_tls = [
+        s
+        for s in statements
+        if s.get("effect") == "Deny"
+        and [(c["test"], c["variable"], c["values"]) for c in s.get("condition", [])]
+        == [("NumericLessThan", "s3:TlsVersion", ["1.2"])]
+    ]
+    assert len(old_tls) == (0 if name == "access_logs" else 1), f"{name}: TLS-version deny"
+    for s in old_tls:
+        assert s["actions"] == ["s3:*"] and statement_principals(s) == ["*"]
+        assert set(s["resources"]) == set(stmt["resources"])
 
 
 @pytest.mark.parametrize(
@@ -449,7 +461,7 @@ def test_phi_buckets_use_sse_kms_and_deny_other_keys(
     default = one(rule["apply_server_side_encryption_by_default"], "sse default")
     assert default["sse_algorithm"] == "aws:kms"
     assert default["kms_master_key_id"] == f"${{var.{key_var}}}"
-    statements = policy_statements(storage.data_source("aws_iam_policy_document", name))
+    statements = document_statements(storage, name)
     wrong_key = [
         s
         for s in statements
@@ -519,7 +531,7 @@ def test_phi_buckets_are_versioned_and_logged(storage: TfConfig, name: str) -> N
 
 
 def test_platform_storage_policy_has_no_delete(storage: TfConfig) -> None:
-    statements = policy_statements(storage.data_source("aws_iam_policy_document", "platform"))
+    statements = document_statements(storage, "platform")
     actions = {a for s in statements for a in statement_actions(s, storage)}
     assert not any("Delete" in a or a.endswith("*") for a in actions), actions
     assert not any("Retention" in a or "LegalHold" in a or "Bypass" in a for a in actions), actions

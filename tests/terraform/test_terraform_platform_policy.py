@@ -19,9 +19,9 @@ from tests.terraform.iam_eval import Request, Statement, allows, denies, stateme
 from tests.terraform.tfhelpers import (
     REPO_ROOT,
     TfConfig,
+    document_statements,
     example,
     module,
-    policy_statements,
     statement_actions,
     statement_principals,
 )
@@ -345,7 +345,7 @@ def test_kms_identity_grants_only_s3_use_for_these_buckets(platform: list[Statem
 
 def _key_policy_platform_actions(keys: TfConfig, doc: str) -> set[str]:
     found: set[str] = set()
-    for raw in policy_statements(keys.data_source("aws_iam_policy_document", doc)):
+    for raw in document_statements(keys, doc):
         if "${var.platform_role_arn}" in statement_principals(raw):
             assert not raw.get("condition"), f"{doc}: the key policy grant must not be narrowed"
             found |= set(statement_actions(raw, keys))

@@ -210,6 +210,66 @@ def policy_statements(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return statements
 
 
+_SOURCE_DOC = re.compile(
+    r'\$\{data\.aws_iam_policy_document\.([A-Za-z0-9_]+)(?:\["([A-Za-z0-9_-]+)"\])?\.json\}'
+)
+_EACH_VALUE = re.compile(r"\$\{each\.value\.([A-Za-z0-9_]+)\}")
+_EACH_FLAG = re.compile(r"\$\{each\.value\.([A-Za-z0-9_]+) \? \[1\] : \[\]\}")
+
+
+def _substitute_each(value: Any, each: dict[str, Any]) -> Any:
+    """Replace ``${each.value.<attr>}`` by the instance's value (itself a ``${...}`` reference
+    or a literal), recursively; other text is kept as it is."""
+    if isinstance(value, list):
+        return [_substitute_each(v, each) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute_each(v, each) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    whole = _EACH_VALUE.fullmatch(value)
+    if whole:
+        return each[whole.group(1)]
+    return _EACH_VALUE.sub(lambda m: str(each[m.group(1)]), value)
+
+
+def _instance_statements(cfg: TfConfig, name: str, key: str | None) -> list[dict[str, Any]]:
+    """Statements of ``data.aws_iam_policy_document.<name>`` (instance ``[key]`` of a for_each
+    document, with ``each.value`` substituted and ``each.value.<flag> ? [1] : []`` dynamic
+    statements kept only where the flag is true)."""
+    doc = cfg.data_source("aws_iam_policy_document", name)
+    if key is None:
+        assert "for_each" not in doc, f"{name}: a for_each document is referenced without a key"
+        return document_statements(cfg, name)
+    instances = cfg.resolve(doc["for_each"])
+    assert isinstance(instances, dict) and key in instances, f"{name}: no instance {key!r}"
+    each = instances[key]
+    assert not doc.get("source_policy_documents"), f"{name}: nested sources are not modelled"
+    found = [_substitute_each(s, each) for s in doc.get("statement", [])]
+    for dyn in doc.get("dynamic", []):
+        for label, body in dyn.items():
+            if label != "statement":
+                continue
+            flag = _EACH_FLAG.fullmatch(body["for_each"])
+            assert flag, f"{name}: dynamic statement for_each {body['for_each']!r} not modelled"
+            if each[flag.group(1)]:
+                found.extend(_substitute_each(c, each) for c in body.get("content", []))
+    return found
+
+
+def document_statements(cfg: TfConfig, name: str) -> list[dict[str, Any]]:
+    """Statements a rendered ``data.aws_iam_policy_document.<name>`` holds: those of the
+    documents its ``source_policy_documents`` name (same directory) first, then its own.
+    Dynamic statements count as present, as in :func:`policy_statements`."""
+    doc = cfg.data_source("aws_iam_policy_document", name)
+    found: list[dict[str, Any]] = []
+    for ref in as_list(doc.get("source_policy_documents", [])):
+        m = _SOURCE_DOC.fullmatch(ref)
+        assert m, f"{name}: source_policy_documents entry {ref!r} is not a local document"
+        found.extend(_instance_statements(cfg, m.group(1), m.group(2)))
+    assert not doc.get("override_policy_documents"), f"{name}: overrides are not modelled"
+    return found + policy_statements(doc)
+
+
 def statement_principals(stmt: dict[str, Any]) -> list[str]:
     found: list[str] = []
     for p in stmt.get("principals", []):

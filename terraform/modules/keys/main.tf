@@ -77,7 +77,11 @@ locals {
 # Key policies
 ################################################################################
 
-data "aws_iam_policy_document" "models" {
+# The statements every key policy starts with: the account root (kms:*) and,
+# when named, the key administrators (management without use). Each key's
+# policy merges this document (source_policy_documents: these statements come
+# first) and adds its own grants.
+data "aws_iam_policy_document" "key_common" {
   #checkov:skip=CKV_AWS_109:Key policy, not an identity policy: Resource "*" in a key policy means this key only. kms:* is granted solely to the account root (the AWS default that lets IAM delegate); other principals get named actions.
   #checkov:skip=CKV_AWS_111:Key policy, not an identity policy: Resource "*" in a key policy means this key only; write actions are limited to named principals and, for CloudWatch Logs, to this account's log groups by encryption context.
   #checkov:skip=CKV_AWS_356:Key policy, not an identity policy: Resource "*" is the only valid resource in a key policy and means this key.
@@ -107,6 +111,12 @@ data "aws_iam_policy_document" "models" {
       }
     }
   }
+}
+
+data "aws_iam_policy_document" "models" {
+  #checkov:skip=CKV_AWS_111:Key policy, not an identity policy: Resource "*" in a key policy means this key only; write actions are limited to named principals and, for CloudWatch Logs, to this account's log groups by encryption context.
+  #checkov:skip=CKV_AWS_356:Key policy, not an identity policy: Resource "*" is the only valid resource in a key policy and means this key.
+  source_policy_documents = [data.aws_iam_policy_document.key_common.json]
 
   statement {
     sid       = "PlatformDecryptModels"
@@ -137,35 +147,9 @@ data "aws_iam_policy_document" "models" {
 }
 
 data "aws_iam_policy_document" "audit" {
-  #checkov:skip=CKV_AWS_109:Key policy, not an identity policy: Resource "*" in a key policy means this key only. kms:* is granted solely to the account root (the AWS default that lets IAM delegate); other principals get named actions.
   #checkov:skip=CKV_AWS_111:Key policy, not an identity policy: Resource "*" in a key policy means this key only; write actions are limited to named principals and, for CloudWatch Logs, to this account's log groups by encryption context.
   #checkov:skip=CKV_AWS_356:Key policy, not an identity policy: Resource "*" is the only valid resource in a key policy and means this key.
-  statement {
-    sid       = "AccountRootAdministration"
-    effect    = "Allow"
-    actions   = ["kms:*"]
-    resources = ["*"]
-
-    principals {
-      type        = "AWS"
-      identifiers = [local.account_root_arn]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = length(var.key_administrator_arns) > 0 ? [1] : []
-    content {
-      sid       = "KeyAdministrators"
-      effect    = "Allow"
-      actions   = local.key_admin_actions
-      resources = ["*"]
-
-      principals {
-        type        = "AWS"
-        identifiers = var.key_administrator_arns
-      }
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.key_common.json]
 
   statement {
     sid       = "PlatformWriteAndReadAudit"
@@ -196,67 +180,11 @@ data "aws_iam_policy_document" "audit" {
 }
 
 data "aws_iam_policy_document" "cluster" {
-  #checkov:skip=CKV_AWS_109:Key policy, not an identity policy: Resource "*" in a key policy means this key only. kms:* is granted solely to the account root (the AWS default that lets IAM delegate); other principals get named actions.
-  #checkov:skip=CKV_AWS_111:Key policy, not an identity policy: Resource "*" in a key policy means this key only; write actions are limited to named principals and, for CloudWatch Logs, to this account's log groups by encryption context.
-  #checkov:skip=CKV_AWS_356:Key policy, not an identity policy: Resource "*" is the only valid resource in a key policy and means this key.
-  statement {
-    sid       = "AccountRootAdministration"
-    effect    = "Allow"
-    actions   = ["kms:*"]
-    resources = ["*"]
-
-    principals {
-      type        = "AWS"
-      identifiers = [local.account_root_arn]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = length(var.key_administrator_arns) > 0 ? [1] : []
-    content {
-      sid       = "KeyAdministrators"
-      effect    = "Allow"
-      actions   = local.key_admin_actions
-      resources = ["*"]
-
-      principals {
-        type        = "AWS"
-        identifiers = var.key_administrator_arns
-      }
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.key_common.json]
 }
 
 data "aws_iam_policy_document" "logs" {
-  #checkov:skip=CKV_AWS_109:Key policy, not an identity policy: Resource "*" in a key policy means this key only. kms:* is granted solely to the account root (the AWS default that lets IAM delegate); other principals get named actions.
-  #checkov:skip=CKV_AWS_111:Key policy, not an identity policy: Resource "*" in a key policy means this key only; write actions are limited to named principals and, for CloudWatch Logs, to this account's log groups by encryption context.
-  #checkov:skip=CKV_AWS_356:Key policy, not an identity policy: Resource "*" is the only valid resource in a key policy and means this key.
-  statement {
-    sid       = "AccountRootAdministration"
-    effect    = "Allow"
-    actions   = ["kms:*"]
-    resources = ["*"]
-
-    principals {
-      type        = "AWS"
-      identifiers = [local.account_root_arn]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = length(var.key_administrator_arns) > 0 ? [1] : []
-    content {
-      sid       = "KeyAdministrators"
-      effect    = "Allow"
-      actions   = local.key_admin_actions
-      resources = ["*"]
-
-      principals {
-        type        = "AWS"
-        identifiers = var.key_administrator_arns
-      }
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.key_common.json]
 
   statement {
     sid    = "CloudWatchLogsOfThisAccount"

@@ -25,6 +25,66 @@ locals {
 }
 
 ################################################################################
+# TLS-only statements shared by the bucket policies
+#
+# Every bucket denies any request made without TLS; the two PHI buckets also
+# deny TLS older than 1.2. Each bucket's policy document merges its instance
+# of this document (source_policy_documents: these statements come first) and
+# adds its own statements.
+################################################################################
+
+locals {
+  tls_only_buckets = {
+    models      = { arn = aws_s3_bucket.models.arn, deny_outdated_tls = true }
+    audit       = { arn = aws_s3_bucket.audit.arn, deny_outdated_tls = true }
+    access_logs = { arn = aws_s3_bucket.access_logs.arn, deny_outdated_tls = false }
+  }
+}
+
+data "aws_iam_policy_document" "tls_only" {
+  for_each = local.tls_only_buckets
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [each.value.arn, "${each.value.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = each.value.deny_outdated_tls ? [1] : []
+    content {
+      sid       = "DenyOutdatedTls"
+      effect    = "Deny"
+      actions   = ["s3:*"]
+      resources = [each.value.arn, "${each.value.arn}/*"]
+
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+
+      condition {
+        test     = "NumericLessThan"
+        variable = "s3:TlsVersion"
+        values   = ["1.2"]
+      }
+    }
+  }
+}
+
+################################################################################
 # Access-log bucket
 ################################################################################
 
@@ -104,6 +164,8 @@ resource "aws_s3_bucket_notification" "access_logs" {
 }
 
 data "aws_iam_policy_document" "access_logs" {
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["access_logs"].json]
+
   statement {
     sid     = "S3ServerAccessLogDelivery"
     effect  = "Allow"
@@ -127,24 +189,6 @@ data "aws_iam_policy_document" "access_logs" {
       test     = "ArnLike"
       variable = "aws:SourceArn"
       values   = [aws_s3_bucket.models.arn, aws_s3_bucket.audit.arn]
-    }
-  }
-
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.access_logs.arn, "${aws_s3_bucket.access_logs.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
     }
   }
 }
@@ -240,41 +284,7 @@ resource "aws_s3_bucket_notification" "models" {
 }
 
 data "aws_iam_policy_document" "models" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.models.arn, "${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-
-  statement {
-    sid       = "DenyOutdatedTls"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.models.arn, "${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "NumericLessThan"
-      variable = "s3:TlsVersion"
-      values   = ["1.2"]
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["models"].json]
 
   # Uploads without an encryption header get the bucket default (the models
   # key). An explicit header must name SSE-KMS together with the models key's
@@ -491,41 +501,7 @@ resource "aws_s3_bucket_notification" "audit" {
 }
 
 data "aws_iam_policy_document" "audit" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.audit.arn, "${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-
-  statement {
-    sid       = "DenyOutdatedTls"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.audit.arn, "${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "NumericLessThan"
-      variable = "s3:TlsVersion"
-      values   = ["1.2"]
-    }
-  }
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["audit"].json]
 
   statement {
     sid       = "DenyNonKmsEncryptionHeader"
