@@ -8,8 +8,9 @@ the same plaintext bytes to a file beside it: the baseline a user has without en
 Then, alternating the two so drift hits both alike, it times
 
 encrypted
-    ``ModelRepository.load`` (read, unwrap the data key, AES-256-GCM decrypt, digest and manifest
-    checks) + :class:`phiserve.runtime.onnx.OnnxModel` (onnxruntime session from the bytes);
+    ``ModelRepository.load`` (read, unwrap the data key, AES-256-GCM decrypt into a new bytes
+    object on huge pages, manifest checks) + :class:`phiserve.runtime.onnx.OnnxModel`
+    (onnxruntime session from the bytes);
 plaintext
     ``onnxruntime.InferenceSession(path)`` with the same session options;
 
@@ -278,7 +279,8 @@ def render(
     lines += [
         "",
         "encrypted = ModelRepository.load as the server calls it (unwrap, manifest MAC, "
-        "AES-256-GCM decrypt from an mmap of the ciphertext; the tag authenticates the digest) "
+        "AES-256-GCM decrypt from an mmap of the ciphertext into a new bytes object on huge "
+        "pages; the tag authenticates the digest) "
         "+ OnnxModel (session from bytes); plaintext = InferenceSession(path); same session "
         "options (ORT_ENABLE_ALL, no spinning); cold = the model's files evicted from the page "
         "cache with posix_fadvise(DONTNEED) before each run.",

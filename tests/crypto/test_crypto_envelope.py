@@ -201,3 +201,23 @@ def test_header_bad_base64_is_an_integrity_error(
     header, _, _ = seal(provider, PAYLOAD, AAD, context)
     with pytest.raises(IntegrityError):
         EnvelopeHeader.from_json({**header.to_json(), field: "not base64!"})
+
+
+def test_large_payload_round_trip_and_tamper(
+    provider: LocalKeyProvider, context: dict[str, str]
+) -> None:
+    """A model-sized payload (whole huge pages) takes the same checks as a small one."""
+    payload = bytes(range(256)) * (6 * 2**20 // 256) + b"tail"
+    header, ciphertext, data_key = seal(provider, payload, AAD, context)
+    assert open_with_key(data_key, header, memoryview(ciphertext), AAD) == payload
+    for index in (0, len(payload) // 2, len(ciphertext) - 1):
+        with pytest.raises(IntegrityError, match="failed authentication"):
+            open_with_key(data_key, header, _flip(ciphertext, index), AAD)
+
+
+def test_empty_payload_round_trip(provider: LocalKeyProvider, context: dict[str, str]) -> None:
+    header, ciphertext, data_key = seal(provider, b"", AAD, context)
+    assert len(ciphertext) == 16
+    assert open_with_key(data_key, header, ciphertext, AAD) == b""
+    with pytest.raises(IntegrityError):
+        open_with_key(data_key, header, _flip(ciphertext, 3), AAD)

@@ -12,13 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from phiserve.crypto.base import KeyProvider, WrappedKey
+from phiserve.crypto.memory import fill_new_bytes
 from phiserve.errors import IntegrityError
 
 ALGORITHM = "AES-256-GCM"
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,32 @@ def seal(
 def open_with_key(
     data_key: bytes, header: EnvelopeHeader, ciphertext: bytes | memoryview | mmap.mmap, aad: bytes
 ) -> bytes:
-    """Decrypt and authenticate; a wrong key, wrong AAD or any flipped bit raises."""
-    try:
-        return AESGCM(data_key).decrypt(header.nonce, ciphertext, aad)
-    except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
-        raise IntegrityError(
-            "ciphertext failed authentication (tampered, swapped or wrong key)"
-        ) from None
+    """Decrypt and authenticate; a wrong key, wrong AAD or any flipped bit raises.
+
+    Same AES-256-GCM as :func:`seal_with_key` (ciphertext then 16-byte tag), opened with the
+    streaming decryptor so the plaintext lands directly in its final ``bytes`` object
+    (:func:`~phiserve.crypto.memory.fill_new_bytes`); it is returned only once the tag verifies.
+    """
+    with memoryview(ciphertext) as whole:
+        if len(whole) < _TAG_BYTES:
+            raise IntegrityError("ciphertext is shorter than its authentication tag")
+        body, tag = whole[:-_TAG_BYTES], bytes(whole[-_TAG_BYTES:])
+
+        def decrypt_into(out: memoryview) -> None:
+            decryptor = Cipher(algorithms.AES(data_key), modes.GCM(header.nonce, tag)).decryptor()
+            decryptor.authenticate_additional_data(aad)
+            if len(body):
+                decryptor.update_into(body, out)
+            decryptor.finalize()
+
+        try:
+            return fill_new_bytes(len(body), decrypt_into)
+        except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
+            raise IntegrityError(
+                "ciphertext failed authentication (tampered, swapped or wrong key)"
+            ) from None
+        finally:
+            body.release()
 
 
 def derive_key(data_key: bytes, purpose: str) -> bytes:
