@@ -107,10 +107,10 @@ def test_export_window_and_the_export_is_audited(
 def test_export_refused_when_it_cannot_be_audited(
     trail: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def enospc(fd: int, data: bytes | memoryview) -> int:
+    def enospc(fd: int, data: bytes | memoryview, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsio, "_os_write", enospc)
+    monkeypatch.setattr(fsio, "_os_pwrite", enospc)
     with pytest.raises(AuditUnavailable):
         run("export")
     assert capsys.readouterr().out == ""  # not one record left the trail

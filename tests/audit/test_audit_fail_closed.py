@@ -145,7 +145,7 @@ def test_permission_denied_then_recovery(
     assert read_trail(audit_dir, provider, require_sealed=True)[0].ok
 
 
-@pytest.mark.parametrize("fault", ["enospc-mid-write", "eio-on-fsync"])
+@pytest.mark.parametrize("fault", ["enospc-mid-write", "eio-after-write"])
 def test_injected_io_faults_fail_closed_and_leave_no_partial_batch(
     writer_factory: Callable[..., AuditWriter], audit_dir: Path, provider: FlakyProvider,
     monkeypatch: pytest.MonkeyPatch, fault: str,
@@ -153,27 +153,26 @@ def test_injected_io_faults_fail_closed_and_leave_no_partial_batch(
     writer = writer_factory()
     writer.append_sync(make_event())
     size_before = segment_paths(audit_dir)[-1].stat().st_size
-    real_write, real_sync = fsio._os_write, fsio._os_sync
+    real_pwrite = fsio._os_pwrite
 
-    def short_then_enospc(fd: int, data: bytes | memoryview) -> int:
+    def short_then_enospc(fd: int, data: bytes | memoryview, offset: int) -> int:
         if len(data) > 64:  # half the batch reaches the disk, then the disk is full
-            return real_write(fd, bytes(data[: len(data) // 2]))
+            return real_pwrite(fd, bytes(data[: len(data) // 2]), offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def eio(fd: int) -> None:
+    def eio_after_write(fd: int, data: bytes | memoryview, offset: int) -> int:
+        # The bytes reach the file but the O_DSYNC write cannot make them durable.
+        real_pwrite(fd, data, offset)
         raise OSError(errno.EIO, "Input/output error")
 
-    if fault == "enospc-mid-write":
-        monkeypatch.setattr(fsio, "_os_write", short_then_enospc)
-    else:
-        monkeypatch.setattr(fsio, "_os_sync", eio)
+    fault_fn = short_then_enospc if fault == "enospc-mid-write" else eio_after_write
+    monkeypatch.setattr(fsio, "_os_pwrite", fault_fn)
     acked, refused = asyncio.run(_append_many(writer, 32))
     assert (acked, refused) == ([], 32)
     assert not writer.healthy
     assert segment_paths(audit_dir)[-1].stat().st_size == size_before  # cut back
 
-    monkeypatch.setattr(fsio, "_os_write", real_write)
-    monkeypatch.setattr(fsio, "_os_sync", real_sync)
+    monkeypatch.setattr(fsio, "_os_pwrite", real_pwrite)
     acked, refused = asyncio.run(_append_many(writer, 32))
     assert refused == 0 and sorted(acked) == list(range(2, 34))
     writer.close()
@@ -189,12 +188,12 @@ def test_failed_writer_answers_at_once_until_retry_interval(
     writer.append_sync(make_event())
     calls = 0
 
-    def enospc(fd: int, data: bytes | memoryview) -> int:
+    def enospc(fd: int, data: bytes | memoryview, offset: int) -> int:
         nonlocal calls
         calls += 1
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsio, "_os_write", enospc)
+    monkeypatch.setattr(fsio, "_os_pwrite", enospc)
     for _ in range(5):
         with pytest.raises(AuditUnavailable):
             writer.append_sync(make_event())

@@ -186,10 +186,10 @@ def test_audit_failure_answers_503_and_drops_the_apps_body(
     writer: AuditWriter, audit_dir: Path, provider: FlakyProvider,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    def enospc(fd: int, data: bytes | memoryview) -> int:
+    def enospc(fd: int, data: bytes | memoryview, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsio, "_os_write", enospc)
+    monkeypatch.setattr(fsio, "_os_pwrite", enospc)
 
     async def go() -> httpx.Response:
         async with client(writer) as c:

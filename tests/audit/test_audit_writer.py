@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from phiserve.audit import fsio
 from phiserve.audit.segments import DATA_START, scan_frames
 from phiserve.audit.writer import AuditWriter
 from phiserve.errors import AuditUnavailable, IntegrityError
@@ -71,6 +73,26 @@ def test_each_append_is_on_disk_when_it_returns(
             assert stored[-1]["mac"] == record.mac
 
     asyncio.run(run())
+
+
+def test_appends_go_through_a_synchronous_data_descriptor(
+    writer_factory: Callable[..., AuditWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable on return: every append is a write on an ``O_DSYNC`` descriptor, nothing else."""
+    writer = writer_factory()
+    writer.append_sync(make_event())  # the segment is open
+    seen: list[int] = []
+    real_pwrite = fsio._os_pwrite
+
+    def recording_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        seen.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(fsio, "_os_pwrite", recording_pwrite)
+    for _ in range(3):
+        writer.append_sync(make_event())
+    writer.close()
+    assert seen[:3] == [os.O_DSYNC] * 3
 
 
 def test_fsync_per_record_mode_is_one_commit_per_record(

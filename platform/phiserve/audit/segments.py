@@ -293,7 +293,8 @@ class SegmentFile:
         """Create the file durably (temporary name, sync, rename, sync folder) and open it."""
         path = stream_dir / segment_name(header.index)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_DSYNC: appends are durable when write returns (see write_durably).
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_DSYNC, 0o600)
         try:
             fsio.write_all(fd, header.to_slot() + b"\0" * SLOT_SIZE)
             fsio.sync(fd)
@@ -311,7 +312,7 @@ class SegmentFile:
     def reopen(cls, path: Path, header: SegmentHeader, data_key: bytes, end: int, frames: int,
                records: int) -> SegmentFile:  # fmt: skip
         """Open an existing segment to append after its last good frame (at offset ``end``)."""
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_DSYNC)
         return cls(path, fd, header, data_key, end, frames, records)
 
     def encrypt(self, frame_index: int, plaintext: bytes) -> bytes:
@@ -319,15 +320,14 @@ class SegmentFile:
         return seal_frame(self.aead, self.header, frame_index, plaintext)
 
     def write_durably(self, data: bytes, frames: int, records: int) -> None:
-        """Append ``data`` (whole frames) and sync; on failure cut the file back and re-raise.
+        """Append ``data`` (whole frames), durably; on failure cut the file back and re-raise.
 
-        The in-memory position only advances once the data is durable, so a failed write never
-        leaves half a batch behind as far as this writer is concerned.
+        The descriptor is ``O_DSYNC``, so the write is the sync. The in-memory position only
+        advances once the data is durable, so a failed write never leaves half a batch behind
+        as far as this writer is concerned.
         """
         try:
-            os.lseek(self.fd, self.offset, os.SEEK_SET)
-            fsio.write_all(self.fd, data)
-            fsio.sync(self.fd)
+            fsio.write_all_at(self.fd, data, self.offset)
         except BaseException:
             self.rollback()
             raise

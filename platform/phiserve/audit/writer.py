@@ -1,9 +1,9 @@
 """The audit writer: one background thread, group commit, fail closed, recover when the sink does.
 
-``await writer.append(event)`` returns only once the record is on disk (written and fsynced).
-All pending records are taken by a single writer thread as one batch: one chain extension, one
-``write`` and one ``fsync`` for the whole batch (group commit), so under concurrency the cost of
-an fsync is shared by every request waiting on it and throughput holds.
+``await writer.append(event)`` returns only once the record is on disk (written and synced).
+All pending records are taken by a single writer thread as one batch: one chain extension and
+one synchronous-data (``O_DSYNC``) write for the whole batch (group commit), so under
+concurrency the cost of a sync is shared by every request waiting on it and throughput holds.
 
 Failing closed: when the sink cannot make a record durable (``ENOSPC``, ``EACCES``, ``EROFS``,
 ``EIO``, a key provider that is down), every waiting ``append`` raises
@@ -75,7 +75,7 @@ class WriterStats:
     """Counters for metrics and benchmarks (written by the writer thread only)."""
 
     records: int = 0
-    commits: int = 0  # write + fsync rounds
+    commits: int = 0  # durable writes (group commits)
     largest_batch: int = 0
     failures: int = 0
     segments_opened: int = 0
