@@ -9,11 +9,17 @@ from pathlib import Path
 import pytest
 
 from phiserve.audit.keys import KEY_FILE, load_keys, rewrap
-from phiserve.audit.segments import SLOT_SIZE, read_header, rewrap_segment
+from phiserve.audit.segments import (
+    NONCE_BYTES,
+    SLOT_SIZE,
+    NoncePool,
+    read_header,
+    rewrap_segment,
+)
 from phiserve.audit.writer import AuditWriter
 from phiserve.errors import KeyProviderError
 from tests.audit.conftest import FlakyProvider, make_event
-from tests.audit.helpers import read_trail, segment_paths
+from tests.audit.helpers import frames_of, read_trail, segment_paths
 
 
 def test_round_trip_across_segment_rotation(
@@ -32,6 +38,32 @@ def test_round_trip_across_segment_rotation(
     assert [r["mac"] for r in stored] == [r.mac for r in records]
     (summary,) = report.streams
     assert (summary.records, summary.last_seq, summary.open_tail) == (60, 60, False)
+
+
+def test_every_frame_has_its_own_random_nonce(
+    writer_factory: Callable[..., AuditWriter], audit_dir: Path, provider: FlakyProvider
+) -> None:
+    """Nonces come from the OS in blocks; across block refills none repeats."""
+    writer = writer_factory()
+    writer.append_sync(make_event())
+
+    async def burst() -> None:
+        await asyncio.gather(*(writer.append(make_event()) for _ in range(600)))
+
+    asyncio.run(burst())
+    writer.close()
+    assert read_trail(audit_dir, provider, require_sealed=True)[0].ok
+    nonces = [frame[4 : 4 + NONCE_BYTES] for path in segment_paths(audit_dir)
+              for frame in frames_of(path)[1]]  # fmt: skip
+    assert len(nonces) == 602  # 601 records and the seal
+    assert len(set(nonces)) == len(nonces)
+
+
+def test_nonce_pool_draws_blocks_and_never_repeats() -> None:
+    pool = NoncePool(count=4)
+    taken = [pool.take() for _ in range(1000)]
+    assert {len(n) for n in taken} == {NONCE_BYTES}
+    assert len(set(taken)) == 1000
 
 
 def test_rotation_by_age(

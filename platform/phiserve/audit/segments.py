@@ -236,9 +236,35 @@ def scan_frames(data: bytes) -> Scan:
     return Scan(frames, pos, size, size - pos, corrupt_at=None)
 
 
-def seal_frame(aead: AESGCM, header: SegmentHeader, frame_index: int, plaintext: bytes) -> bytes:
-    """Encrypt one frame's plaintext as frame ``frame_index`` of the segment."""
-    nonce = os.urandom(NONCE_BYTES)
+class NoncePool:
+    """Random 96-bit GCM nonces, drawn from the OS in blocks of ``count``.
+
+    Why: ``os.urandom`` releases the GIL, so a call per frame made the writer thread hand the
+    GIL to the event loop and wait to get it back once per record. The nonces are as random
+    as before, each used once; only the system call is shared. Not thread-safe: one per
+    segment file, used by its stream's single writer.
+    """
+
+    __slots__ = ("_block", "_count", "_pos")
+
+    def __init__(self, count: int = 256) -> None:
+        self._count = count
+        self._block = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        """The next unused nonce."""
+        if self._pos >= len(self._block):
+            self._block, self._pos = os.urandom(NONCE_BYTES * self._count), 0
+        start = self._pos
+        self._pos = start + NONCE_BYTES
+        return self._block[start : self._pos]
+
+
+def seal_frame(
+    aead: AESGCM, header: SegmentHeader, frame_index: int, plaintext: bytes, nonce: bytes
+) -> bytes:
+    """Encrypt one frame's plaintext as frame ``frame_index`` of the segment under ``nonce``."""
     ct = aead.encrypt(nonce, plaintext, header.frame_aad(frame_index))
     return _FRAME_LEN.pack(NONCE_BYTES + len(ct)) + nonce + ct
 
@@ -281,6 +307,7 @@ class SegmentFile:
         self.fd = fd
         self.header = header
         self.aead = AESGCM(data_key)
+        self.nonces = NoncePool()
         self.offset = offset
         self.frames = frames
         self.records = records
@@ -317,7 +344,7 @@ class SegmentFile:
 
     def encrypt(self, frame_index: int, plaintext: bytes) -> bytes:
         """Frame bytes of ``plaintext`` at ``frame_index`` of this segment."""
-        return seal_frame(self.aead, self.header, frame_index, plaintext)
+        return seal_frame(self.aead, self.header, frame_index, plaintext, self.nonces.take())
 
     def write_durably(self, data: bytes, frames: int, records: int) -> None:
         """Append ``data`` (whole frames), durably; on failure cut the file back and re-raise.
