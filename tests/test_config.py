@@ -32,7 +32,9 @@ def test_nested_and_json_values(monkeypatch: pytest.MonkeyPatch) -> None:
         "PHISERVE_MODEL_BATCHING", '{"chest-xray": {"max_batch_size": 4, "max_queue_delay_ms": 5}}'
     )
     monkeypatch.setenv("PHISERVE_PINNED_VERSIONS", '{"breast-cancer": 1}')
+    monkeypatch.setenv("PHISERVE_GC_THRESHOLDS", "[700, 10, 10]")
     settings = load_settings()
+    assert settings.gc_thresholds == (700, 10, 10)
     assert settings.batching_for("breast-cancer").max_batch_size == 8
     assert settings.batching_for("chest-xray").max_queue_delay_ms == 5
     assert settings.pinned_versions == {"breast-cancer": 1}
@@ -50,6 +52,8 @@ def test_nested_and_json_values(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"PHISERVE_JWT_ALGORITHMS": '["HS256"]'}, "unsupported JWT algorithms"),
         ({"PHISERVE_BOGUS_SETTING": "1"}, "unknown settings ['PHISERVE_BOGUS_SETTING']"),
         ({"PHISERVE_KEY_PROVIDER": "CANARY-PHI-123"}, "PHISERVE_KEY_PROVIDER"),
+        ({"PHISERVE_GC_THRESHOLDS": "[0, 10, 10]"}, "PHISERVE_GC_THRESHOLDS"),
+        ({"PHISERVE_GC_THRESHOLDS": "[50000, 20]"}, "PHISERVE_GC_THRESHOLDS"),
     ],
 )
 def test_bad_settings_are_one_clear_error(

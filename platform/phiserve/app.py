@@ -21,6 +21,7 @@ from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import NotFound, send_error
 from phiserve.protocol.dataplane import DataPlane
 from phiserve.protocol.http import V2App
+from phiserve.runtime.gc_tuning import tune_gc
 from phiserve.security import AuthMiddleware, TokenVerifier
 
 
@@ -44,6 +45,7 @@ class Platform:
             # Recovers a torn tail from a crash; raises on a tampered trail.
             await asyncio.to_thread(self.audit.start)
         await self.dataplane.start()
+        tune_gc(self.settings.gc_thresholds)
 
     async def stop(self) -> None:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""

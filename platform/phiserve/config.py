@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     model_batching: dict[str, BatchingSettings] = Field(default_factory=dict)
     max_request_bytes: PositiveInt = 64 * 1024 * 1024
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # Cyclic GC thresholds (generations 0, 1, 2), set once models are loaded; Python's own are
+    # (700, 10, 10). See phiserve.runtime.gc_tuning for why and what it measured.
+    gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = (50_000, 20, 100)
 
     # --- identity ------------------------------------------------------------------------------
     auth_enabled: bool = True
