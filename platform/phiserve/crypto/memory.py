@@ -5,7 +5,9 @@ Why this exists: onnxruntime takes an in-memory model only as ``bytes``, and
 100 MiB model those page faults cost ~40 ms, seven times the AES-GCM work itself. Here the
 plaintext is decrypted straight into an uninitialised ``bytes`` object whose pages are advised as
 huge pages (``madvise(MADV_HUGEPAGE)``), which takes the faults to ~5 ms without changing how the
-rest of the process allocates memory.
+rest of the process allocates memory. (On a virtual machine whose host reclaims the guest's free
+memory, as on the benchmark machine, a huge page the host took back costs far more to fault in:
+there a load right after another process freed a lot of memory can take ~150 ms longer.)
 
 Writing into a ``bytes`` object is what C code does with ``PyBytes_FromStringAndSize(NULL, n)``
 before the object is shared; :func:`fill_new_bytes` keeps to that: the object is new, no one else
