@@ -104,6 +104,25 @@ def test_traces_endpoint_variable_alone_enables_http(otel_env, otlp_receiver, ha
 
 
 # --- the span tree ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env", "queue", "batch"),
+    [
+        ({}, 8192, 4096),  # phiserve's defaults: deep queue, large batches
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 1000, 512),  # the SDK's batch default
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 8192, 100),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "300", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 300, 50),
+    ],
+)
+def test_batch_processor_sizes_honour_the_standard_variables(
+    otel_env, otlp_receiver, env, queue, batch
+) -> None:
+    otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, **env)
+    recorder = tracing._STATE.recorder
+    assert recorder is not None
+    batcher = recorder.processor._batch_processor
+    assert (batcher._max_queue_size, batcher._max_export_batch_size) == (queue, batch)
+
+
 def test_infer_request_exports_one_coherent_span_tree(traced, harness: Harness) -> None:
     response = harness.request("POST", INFER, content=b"{}", headers={"x-request-id": "req-0001"})
     assert response.status_code == 200
