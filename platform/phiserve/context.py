@@ -136,8 +136,15 @@ def outcome_for_status(status: int) -> str:
 
 
 def get_context(scope: Scope) -> RequestContext:
-    """The context of the request in ``scope`` (created by :class:`ContextMiddleware`)."""
-    return scope[SCOPE_KEY]
+    """The context of the request in ``scope`` (created by :class:`ContextMiddleware`).
+
+    Raises ``RuntimeError`` when there is none: a composition error (a layer placed outside
+    :class:`ContextMiddleware`), never a client's.
+    """
+    ctx: RequestContext | None = scope.get(SCOPE_KEY)
+    if ctx is None:
+        raise RuntimeError("no request context: this layer must run inside ContextMiddleware")
+    return ctx
 
 
 def _request_id(scope: Scope) -> str:

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from phiserve.audit.record import ABORTED_STATUS, AuditEvent
 from phiserve.audit.writer import AuditWriter
-from phiserve.context import SCOPE_KEY, RequestContext
+from phiserve.context import RequestContext, get_context
 from phiserve.errors import AuditUnavailable, send_error
 
 
@@ -49,9 +49,7 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx: RequestContext | None = scope.get(SCOPE_KEY)
-        if ctx is None:
-            raise RuntimeError("AuditMiddleware must run inside ContextMiddleware")
+        ctx = get_context(scope)
         if ctx.route is not None and ctx.route.is_open:
             await self.app(scope, receive, send)
             return

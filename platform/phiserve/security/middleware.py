@@ -29,7 +29,7 @@ from typing import Final
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
-from phiserve.context import SCOPE_KEY, RequestContext
+from phiserve.context import get_context
 from phiserve.errors import PhiserveError, send_error
 from phiserve.security.authorization import authorize
 from phiserve.security.errors import MalformedToken, MissingToken
@@ -77,10 +77,10 @@ class AuthMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        ctx: RequestContext | None = scope.get(SCOPE_KEY)
-        if ctx is None:
-            # A composition error, not a client's: fail closed with an opaque 500.
-            await send_error(send, RuntimeError("AuthMiddleware needs ContextMiddleware outside"))
+        try:
+            ctx = get_context(scope)
+        except RuntimeError as exc:  # a composition error: fail closed with an opaque 500
+            await send_error(send, exc)
             return
         route = ctx.route
         if route is not None and route.is_open:

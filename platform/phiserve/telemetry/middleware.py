@@ -31,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from phiserve.context import SCOPE_KEY, RequestContext
+from phiserve.context import RequestContext, get_context
 from phiserve.telemetry import tracing
 from phiserve.telemetry.metrics import METRICS, Metrics
 
@@ -76,9 +76,7 @@ class TelemetryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx: RequestContext | None = scope.get(SCOPE_KEY)
-        if ctx is None:
-            raise RuntimeError("TelemetryMiddleware must run inside ContextMiddleware")
+        ctx = get_context(scope)
         started = time.perf_counter()
         metrics = self.metrics
 
