@@ -62,12 +62,14 @@ class Statement:
     conditions: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
 
-def statements(cfg: TfConfig, doc: str, env: dict[str, Any]) -> list[Statement]:
-    """The rendered statements of ``data.aws_iam_policy_document.<doc>``, those of its
-    ``source_policy_documents`` and dynamic ones included (a dynamic block counts as present:
-    callers check its ``for_each`` separately)."""
+def statements(
+    cfg: TfConfig, doc: str, env: dict[str, Any], key: str | None = None
+) -> list[Statement]:
+    """The rendered statements of ``data.aws_iam_policy_document.<doc>`` (instance ``[key]`` of
+    a for_each document), those of its ``source_policy_documents`` and dynamic ones included
+    (a dynamic block counts as present: callers check its ``for_each`` separately)."""
     found = []
-    for raw in document_statements(cfg, doc):
+    for raw in document_statements(cfg, doc, key):
         assert "not_actions" not in raw and "not_resources" not in raw, raw.get("sid")
         assert "principals" not in raw or doc != "platform", "identity policy with principals"
         found.append(

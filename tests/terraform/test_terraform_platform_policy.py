@@ -22,6 +22,7 @@ from tests.terraform.tfhelpers import (
     document_statements,
     example,
     module,
+    policy_reference,
     statement_actions,
     statement_principals,
 )
@@ -109,14 +110,20 @@ def platform(storage: TfConfig) -> list[Statement]:
     return statements(storage, "platform", ENV)
 
 
+def _bucket_policy(storage: TfConfig, bucket: str) -> list[Statement]:
+    """The rendered policy that ``aws_s3_bucket_policy.<bucket>`` attaches."""
+    doc, key = policy_reference(storage.resource("aws_s3_bucket_policy", bucket)["policy"])
+    return statements(storage, doc, ENV, key)
+
+
 @pytest.fixture(scope="module")
 def models_bucket_policy(storage: TfConfig) -> list[Statement]:
-    return statements(storage, "models", ENV)
+    return _bucket_policy(storage, "models")
 
 
 @pytest.fixture(scope="module")
 def audit_bucket_policy(storage: TfConfig) -> list[Statement]:
-    return statements(storage, "audit", ENV)
+    return _bucket_policy(storage, "audit")
 
 
 def _tls(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -232,19 +232,41 @@ def _substitute_each(value: Any, each: dict[str, Any]) -> Any:
     return _EACH_VALUE.sub(lambda m: str(each[m.group(1)]), value)
 
 
-def _instance_statements(cfg: TfConfig, name: str, key: str | None) -> list[dict[str, Any]]:
-    """Statements of ``data.aws_iam_policy_document.<name>`` (instance ``[key]`` of a for_each
-    document, with ``each.value`` substituted and ``each.value.<flag> ? [1] : []`` dynamic
-    statements kept only where the flag is true)."""
+def policy_reference(value: str) -> tuple[str, str | None]:
+    """``(document, instance key)`` of a ``${data.aws_iam_policy_document.<doc>[key].json}``
+    reference to a document in the same directory (key ``None`` without ``[...]``)."""
+    m = _SOURCE_DOC.fullmatch(value)
+    assert m, f"{value!r} is not a reference to a local policy document"
+    return m.group(1), m.group(2)
+
+
+def _source_statements(cfg: TfConfig, doc: dict[str, Any], key: str | None) -> list[dict[str, Any]]:
+    """Statements of the documents ``doc``'s ``source_policy_documents`` name, in order
+    (``[each.key]`` standing for instance ``key`` of a for_each document)."""
+    found: list[dict[str, Any]] = []
+    for ref in as_list(doc.get("source_policy_documents", [])):
+        if key is not None:
+            ref = ref.replace("[each.key]", f'["{key}"]')
+        found.extend(document_statements(cfg, *policy_reference(ref)))
+    assert not doc.get("override_policy_documents"), "overrides are not modelled"
+    return found
+
+
+def document_statements(cfg: TfConfig, name: str, key: str | None = None) -> list[dict[str, Any]]:
+    """Statements a rendered ``data.aws_iam_policy_document.<name>`` (instance ``[key]`` of a
+    for_each document) holds: those of the documents its ``source_policy_documents`` name
+    (same directory) first, then its own. For an instance, ``each.value`` is substituted and
+    ``each.value.<flag> ? [1] : []`` dynamic statements are kept only where the flag is true;
+    otherwise dynamic statements count as present, as in :func:`policy_statements`."""
     doc = cfg.data_source("aws_iam_policy_document", name)
     if key is None:
         assert "for_each" not in doc, f"{name}: a for_each document is referenced without a key"
-        return document_statements(cfg, name)
+        return _source_statements(cfg, doc, None) + policy_statements(doc)
     instances = cfg.resolve(doc["for_each"])
     assert isinstance(instances, dict) and key in instances, f"{name}: no instance {key!r}"
     each = instances[key]
-    assert not doc.get("source_policy_documents"), f"{name}: nested sources are not modelled"
-    found = [_substitute_each(s, each) for s in doc.get("statement", [])]
+    found = _source_statements(cfg, doc, key)
+    found.extend(_substitute_each(s, each) for s in doc.get("statement", []))
     for dyn in doc.get("dynamic", []):
         for label, body in dyn.items():
             if label != "statement":
@@ -256,18 +278,14 @@ def _instance_statements(cfg: TfConfig, name: str, key: str | None) -> list[dict
     return found
 
 
-def document_statements(cfg: TfConfig, name: str) -> list[dict[str, Any]]:
-    """Statements a rendered ``data.aws_iam_policy_document.<name>`` holds: those of the
-    documents its ``source_policy_documents`` name (same directory) first, then its own.
-    Dynamic statements count as present, as in :func:`policy_statements`."""
-    doc = cfg.data_source("aws_iam_policy_document", name)
-    found: list[dict[str, Any]] = []
-    for ref in as_list(doc.get("source_policy_documents", [])):
-        m = _SOURCE_DOC.fullmatch(ref)
-        assert m, f"{name}: source_policy_documents entry {ref!r} is not a local document"
-        found.extend(_instance_statements(cfg, m.group(1), m.group(2)))
-    assert not doc.get("override_policy_documents"), f"{name}: overrides are not modelled"
-    return found + policy_statements(doc)
+def bucket_policy_statements(cfg: TfConfig, bucket: str) -> list[dict[str, Any]]:
+    """Statements of the policy document ``aws_s3_bucket_policy.<bucket>`` attaches: its own
+    document, or its own instance (``[bucket]``) of a document shared by several buckets."""
+    name, key = policy_reference(cfg.resource("aws_s3_bucket_policy", bucket)["policy"])
+    assert name == bucket if key is None else key == bucket, (
+        f"bucket {bucket}: its policy is another bucket's document ({name}[{key}])"
+    )
+    return document_statements(cfg, name, key)
 
 
 def statement_principals(stmt: dict[str, Any]) -> list[str]:

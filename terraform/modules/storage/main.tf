@@ -85,6 +85,117 @@ data "aws_iam_policy_document" "tls_only" {
 }
 
 ################################################################################
+# Encryption statements shared by the two PHI buckets (models, audit)
+################################################################################
+
+locals {
+  phi_buckets = {
+    models = { arn = aws_s3_bucket.models.arn, kms_key_arn = var.models_kms_key_arn }
+    audit  = { arn = aws_s3_bucket.audit.arn, kms_key_arn = var.audit_kms_key_arn }
+  }
+}
+
+data "aws_iam_policy_document" "phi_bucket" {
+  for_each = local.phi_buckets
+
+  source_policy_documents = [data.aws_iam_policy_document.tls_only[each.key].json]
+
+  # Uploads without an encryption header get the bucket default (its own key).
+  # An explicit header must name SSE-KMS together with that key's ARN: no
+  # SSE-S3, no SSE-C, no aws/s3, no other key.
+  statement {
+    sid       = "DenyNonKmsEncryptionHeader"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${each.value.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["aws:kms"]
+    }
+  }
+
+  statement {
+    sid       = "DenyWrongKmsKey"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${each.value.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = [each.value.kms_key_arn]
+    }
+  }
+
+  # "aws:kms" without a key id would silently use the AWS-managed aws/s3 key.
+  statement {
+    sid       = "DenyKmsWithoutKeyId"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${each.value.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["true"]
+    }
+  }
+
+  statement {
+    sid       = "DenyCustomerProvidedKeys"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${each.value.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-customer-algorithm"
+      values   = ["false"]
+    }
+  }
+}
+
+################################################################################
 # Access-log bucket
 ################################################################################
 
@@ -283,107 +394,9 @@ resource "aws_s3_bucket_notification" "models" {
   eventbridge = true
 }
 
-data "aws_iam_policy_document" "models" {
-  source_policy_documents = [data.aws_iam_policy_document.tls_only["models"].json]
-
-  # Uploads without an encryption header get the bucket default (the models
-  # key). An explicit header must name SSE-KMS together with the models key's
-  # ARN: no SSE-S3, no SSE-C, no aws/s3, no other key.
-  statement {
-    sid       = "DenyNonKmsEncryptionHeader"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "StringNotEquals"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["aws:kms"]
-    }
-  }
-
-  statement {
-    sid       = "DenyWrongKmsKey"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "StringNotEquals"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = [var.models_kms_key_arn]
-    }
-  }
-
-  # "aws:kms" without a key id would silently use the AWS-managed aws/s3 key.
-  statement {
-    sid       = "DenyKmsWithoutKeyId"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = ["true"]
-    }
-  }
-
-  statement {
-    sid       = "DenyCustomerProvidedKeys"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.models.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-customer-algorithm"
-      values   = ["false"]
-    }
-  }
-}
-
 resource "aws_s3_bucket_policy" "models" {
   bucket = aws_s3_bucket.models.id
-  policy = data.aws_iam_policy_document.models.json
+  policy = data.aws_iam_policy_document.phi_bucket["models"].json
 
   depends_on = [aws_s3_bucket_public_access_block.models]
 }
@@ -500,104 +513,9 @@ resource "aws_s3_bucket_notification" "audit" {
   eventbridge = true
 }
 
-data "aws_iam_policy_document" "audit" {
-  source_policy_documents = [data.aws_iam_policy_document.tls_only["audit"].json]
-
-  statement {
-    sid       = "DenyNonKmsEncryptionHeader"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "StringNotEquals"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["aws:kms"]
-    }
-  }
-
-  statement {
-    sid       = "DenyWrongKmsKey"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "StringNotEquals"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = [var.audit_kms_key_arn]
-    }
-  }
-
-  # "aws:kms" without a key id would silently use the AWS-managed aws/s3 key.
-  statement {
-    sid       = "DenyKmsWithoutKeyId"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption"
-      values   = ["false"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
-      values   = ["true"]
-    }
-  }
-
-  statement {
-    sid       = "DenyCustomerProvidedKeys"
-    effect    = "Deny"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Null"
-      variable = "s3:x-amz-server-side-encryption-customer-algorithm"
-      values   = ["false"]
-    }
-  }
-}
-
 resource "aws_s3_bucket_policy" "audit" {
   bucket = aws_s3_bucket.audit.id
-  policy = data.aws_iam_policy_document.audit.json
+  policy = data.aws_iam_policy_document.phi_bucket["audit"].json
 
   depends_on = [aws_s3_bucket_public_access_block.audit]
 }
