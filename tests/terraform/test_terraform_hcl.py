@@ -334,9 +334,14 @@ def test_example_wires_platform_role_into_key_policies(root: TfConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpu", "system"])
-def test_launch_templates_require_imdsv2_and_encrypt_volumes(cluster: TfConfig, name: str) -> None:
-    lt = cluster.resource("aws_launch_template", name)
+def test_every_node_group_has_a_launch_template(cluster: TfConfig) -> None:
+    lt = cluster.resource("aws_launch_template", "node")
+    assert lt["for_each"] == "${local.launch_templates}"
+    assert set(cluster.resolve(lt["for_each"])) == {"gpu", "system"}
+
+
+def test_launch_templates_require_imdsv2_and_encrypt_volumes(cluster: TfConfig) -> None:
+    lt = cluster.resource("aws_launch_template", "node")
     meta = one(lt["metadata_options"], "metadata_options")
     assert meta["http_tokens"] == "required"
     assert meta["http_endpoint"] == "enabled"
@@ -357,7 +362,7 @@ def test_every_launch_template_requires_imdsv2() -> None:
 def test_node_groups_use_their_launch_template(cluster: TfConfig, name: str) -> None:
     group = cluster.resource("aws_eks_node_group", name)
     lt = one(group["launch_template"], "launch_template")
-    assert lt["id"] == f"${{aws_launch_template.{name}.id}}"
+    assert lt["id"] == f'${{aws_launch_template.node["{name}"].id}}'
     assert group["subnet_ids"] == "${var.subnet_ids}"
     assert "remote_access" not in group
 

@@ -332,50 +332,19 @@ resource "aws_iam_role_policy_attachment" "node" {
 # Launch templates: IMDSv2 only, encrypted root volumes
 ################################################################################
 
-resource "aws_launch_template" "system" {
-  name_prefix            = "${var.name}-system-"
-  description            = "phiserve ${var.name} system nodes: IMDSv2 required, encrypted root volume"
-  update_default_version = true
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
-  }
-
-  block_device_mappings {
-    device_name = "/dev/xvda"
-
-    ebs {
-      volume_size           = var.system_node_group.disk_size_gb
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.node_volume_kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-system" })
-  }
-
-  tag_specifications {
-    resource_type = "volume"
-    tags          = merge(var.tags, { Name = "${var.name}-system" })
-  }
-
-  tags = var.tags
-
-  lifecycle {
-    create_before_destroy = true
+locals {
+  # One launch template per node group; they differ only in name and disk size.
+  launch_templates = {
+    system = var.system_node_group.disk_size_gb
+    gpu    = var.gpu_node_group.disk_size_gb
   }
 }
 
-resource "aws_launch_template" "gpu" {
-  name_prefix            = "${var.name}-gpu-"
-  description            = "phiserve ${var.name} GPU nodes: IMDSv2 required, encrypted root volume"
+resource "aws_launch_template" "node" {
+  for_each = local.launch_templates
+
+  name_prefix            = "${var.name}-${each.key}-"
+  description            = "phiserve ${var.name} ${each.key} nodes: IMDSv2 required, encrypted root volume"
   update_default_version = true
 
   metadata_options {
@@ -389,7 +358,7 @@ resource "aws_launch_template" "gpu" {
     device_name = "/dev/xvda"
 
     ebs {
-      volume_size           = var.gpu_node_group.disk_size_gb
+      volume_size           = each.value
       volume_type           = "gp3"
       encrypted             = true
       kms_key_id            = var.node_volume_kms_key_arn
@@ -399,12 +368,12 @@ resource "aws_launch_template" "gpu" {
 
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-gpu" })
+    tags          = merge(var.tags, { Name = "${var.name}-${each.key}" })
   }
 
   tag_specifications {
     resource_type = "volume"
-    tags          = merge(var.tags, { Name = "${var.name}-gpu" })
+    tags          = merge(var.tags, { Name = "${var.name}-${each.key}" })
   }
 
   tags = var.tags
@@ -429,8 +398,8 @@ resource "aws_eks_node_group" "system" {
   instance_types = var.system_node_group.instance_types
 
   launch_template {
-    id      = aws_launch_template.system.id
-    version = aws_launch_template.system.latest_version
+    id      = aws_launch_template.node["system"].id
+    version = aws_launch_template.node["system"].latest_version
   }
 
   scaling_config {
@@ -471,8 +440,8 @@ resource "aws_eks_node_group" "gpu" {
   instance_types = var.gpu_node_group.instance_types
 
   launch_template {
-    id      = aws_launch_template.gpu.id
-    version = aws_launch_template.gpu.latest_version
+    id      = aws_launch_template.node["gpu"].id
+    version = aws_launch_template.node["gpu"].latest_version
   }
 
   scaling_config {
