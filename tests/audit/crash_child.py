@@ -1,6 +1,6 @@
 """A writer process for the crash tests: appends concurrently and acknowledges on stdout.
 
-Not a test module. ``python -m tests.audit.crash_child AUDIT_DIR KEK_FILE CONCURRENCY PREFIX`` prints
+Not a test module. ``python -m tests.audit.crash_child AUDIT_DIR KEK_FILE CONCURRENCY PREFIX [SEGMENT_BYTES]`` prints
 ``ready`` once started, then ``ack <request_id> <seq>`` for every append that returned (i.e. is
 durable), forever, until it is killed. The parent kills it with SIGKILL mid-load.
 """
@@ -26,12 +26,17 @@ async def _appender(writer: AuditWriter, prefix: str, worker: int) -> None:
         sys.stdout.flush()
 
 
-async def main(audit_dir: Path, kek_file: Path, concurrency: int, prefix: str) -> None:
-    writer = AuditWriter(audit_dir, LocalKeyProvider(kek_file), segment_max_bytes=64 * 1024)
+async def main(
+    audit_dir: Path, kek_file: Path, concurrency: int, prefix: str, segment_bytes: int
+) -> None:
+    writer = AuditWriter(audit_dir, LocalKeyProvider(kek_file), segment_max_bytes=segment_bytes)
     writer.start()
     print("ready", flush=True)
     await asyncio.gather(*(_appender(writer, prefix, w) for w in range(concurrency)))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
+    segment_bytes = int(sys.argv[5]) if len(sys.argv) > 5 else 64 * 1024  # rotates often
+    asyncio.run(
+        main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], segment_bytes)
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +15,9 @@ from phiserve.audit.record import (
     AuditEvent,
     AuditRecord,
     canonical,
+    mac_input,
     outcome_for_status,
+    utc_iso,
 )
 from phiserve.context import RequestContext, match_route
 from tests.audit.conftest import make_event
@@ -97,3 +102,31 @@ def test_frame_plaintext_is_the_record_as_json() -> None:
     assert json.loads(record.frame_plaintext()) == record.to_dict()
     unsigned = AuditRecord(record.seq, record.event, record.prev_mac, record.mac)
     assert json.loads(unsigned.frame_plaintext()) == record.to_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"trace_id": "ab" * 16, "version": 12345678901234}, {"subject": None, "client": None,
+     "model": None, "version": None, "body_hmac": None}, {"subject": 'dr "q" \\ é 中 \U0001f600'},
+     {"subject": "tab\there\x7f"}, {"latency_ms": 0.0}, {"latency_ms": 1e-7},
+     {"latency_ms": 123456789.123456}, {"break_glass": True, "status": 499, "outcome": "aborted"},
+     {"version": True}, {"latency_ms": math.inf}, {"latency_ms": math.nan}],
+)  # fmt: skip
+def test_signed_bytes_are_exactly_the_canonical_mac_input(overrides: dict) -> None:
+    # The writer signs with the fast template; the verifier re-encodes with canonical(): any
+    # difference would break every chain, so the two must agree byte for byte.
+    event = make_event(**overrides)
+    assert event.signed_bytes(42) == mac_input(42, event.to_dict())
+    record = ChainState(41, "00" * 32).link(b"k" * 32, event)
+    assert record_mac(b"k" * 32, "00" * 32, 42, record.to_dict()) == record.mac
+
+
+def test_utc_iso_matches_datetime_formatting() -> None:
+    rng = random.Random(7)
+    edges = [0.0, 1.0, 1.9999995, 1.9999994, 1_700_000_000.0000005, 1_700_000_000.9999996,
+             4_102_444_800.5, -0.5, -86_400.25]  # fmt: skip
+    values = edges + [rng.uniform(0, 4e9) for _ in range(2000)]
+    values += [1_800_000_000 + rng.random() for _ in range(200)]  # same second, cache reused
+    for value in values:
+        expected = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert utc_iso(value) == expected, value

@@ -131,9 +131,11 @@ def test_close_writes_what_is_pending_then_seals(
     assert report.ok and len(stored) == 200
 
 
-def _start_child(audit_dir: Path, kek_file: Path, prefix: str = "") -> subprocess.Popen[str]:
+def _start_child(
+    audit_dir: Path, kek_file: Path, prefix: str = "", segment_bytes: int = 64 * 1024
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    args = [str(audit_dir), str(kek_file), "64", prefix]
+    args = [str(audit_dir), str(kek_file), "64", prefix, str(segment_bytes)]
     return subprocess.Popen(
         [sys.executable, "-m", "tests.audit.crash_child", *args],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
@@ -193,7 +195,9 @@ def _stop(child: subprocess.Popen[str]) -> None:
 
 
 def _crash_with_records(audit_dir: Path, kek_file: Path, count: int) -> None:
-    child = _start_child(audit_dir, kek_file)
+    # One segment for the whole run: the tail tests damage the open segment, and with rotation
+    # the kill could land between sealing one segment and creating the next.
+    child = _start_child(audit_dir, kek_file, segment_bytes=64 * 1024 * 1024)
     assert child.stdout is not None
     try:
         assert child.stdout.readline().strip() == "ready"

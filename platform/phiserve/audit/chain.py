@@ -57,7 +57,7 @@ class ChainState:
     def link(self, chain_key: bytes, event: AuditEvent) -> AuditRecord:
         """The record that follows this state (the state itself is not changed)."""
         seq = self.seq + 1
-        signed = mac_input(seq, event.to_dict())
+        signed = event.signed_bytes(seq)
         mac = hmac.new(chain_key, bytes.fromhex(self.mac) + signed, hashlib.sha256).hexdigest()
         return AuditRecord(seq=seq, event=event, prev_mac=self.mac, mac=mac, signed=signed)
 

@@ -13,6 +13,7 @@ free text into the trail.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -40,15 +41,38 @@ _ROUTE_OK = re.compile(r"^[A-Za-z0-9/{}_:. -]{1,128}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# The formatted whole second of the last call: every audited request formats its time, and
+# strftime of a datetime costs ~2.5 us where this costs ~0.5 (an atomic tuple, thread-safe).
+_LAST_SECOND: tuple[float, str] = (math.nan, "")
+# What json.dumps(ensure_ascii=True) writes for a str, quotes included.
+_JSON_STR: Final = json.encoder.encode_basestring_ascii
+
+
 def utc_iso(epoch_s: float) -> str:
     """``epoch_s`` as an ISO-8601 UTC timestamp with microseconds and a ``Z`` suffix."""
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _LAST_SECOND
+    # Rounded as datetime.fromtimestamp rounds: the fraction to the nearest microsecond, half even.
+    fraction, second = math.modf(epoch_s)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if micros < 0 or not math.isfinite(second):  # before 1970: the general path
+        return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    last = _LAST_SECOND
+    if last[0] != second:
+        last = _LAST_SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{last[1]}.{micros:06d}Z"
 
 
 def parse_iso(text: str) -> datetime:
     """Parse an ISO-8601 timestamp; a naive one is taken as UTC."""
     parsed = datetime.fromisoformat(text.strip())
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_text(value: str | None) -> str:
+    """A str (or ``None``) as canonical JSON writes it."""
+    return "null" if value is None else _JSON_STR(value)
 
 
 def _text(value: str | None, pattern: re.Pattern[str] | None = None) -> str | None:
@@ -95,8 +119,8 @@ class AuditEvent:
         fix(self, "body_hmac", _text(self.body_hmac, _HEX_OK))
         if self.outcome not in OUTCOMES:
             raise ValueError(f"unknown audit outcome {self.outcome!r}")
-        if self.version is not None and not (isinstance(self.version, int) and self.version > 0):
-            fix(self, "version", None)
+        if self.version is not None and not (type(self.version) is int and self.version > 0):
+            fix(self, "version", None)  # bool is an int too, but not a version
         fix(self, "status", int(self.status))
         fix(self, "latency_ms", round(float(self.latency_ms), 3))
         fix(self, "break_glass", bool(self.break_glass))
@@ -134,6 +158,27 @@ class AuditEvent:
             break_glass=ctx.break_glass,
             body_hmac=body_hmac,
         )
+
+    def signed_bytes(self, seq: int) -> bytes:
+        """:func:`mac_input` for this event as record ``seq``: the same bytes, written directly.
+
+        The writer's hot path (~1.5 us instead of ~7 for building a dict and sorting its keys).
+        Sanitised fields have known types, so a template in canonical key order is exact; a
+        non-finite latency (which JSON spells differently) takes the generic encoder.
+        """
+        if type(self.time) is not str or not math.isfinite(self.latency_ms):
+            return mac_input(seq, self.to_dict())
+        j, version = _json_text, self.version
+        return (
+            f'{{"body_hmac":{j(self.body_hmac)},'
+            f'"break_glass":{"true" if self.break_glass else "false"},'
+            f'"client":{j(self.client)},"latency_ms":{self.latency_ms!r},'
+            f'"method":{j(self.method)},"model":{j(self.model)},"outcome":{j(self.outcome)},'
+            f'"request_id":{j(self.request_id)},"route":{j(self.route)},"seq":{int(seq)},'
+            f'"status":{self.status},"subject":{j(self.subject)},"time":{j(self.time)},'
+            f'"trace_id":{j(self.trace_id)},"v":{SCHEMA_VERSION},'
+            f'"version":{"null" if version is None else version}}}'
+        ).encode()
 
     def to_dict(self) -> dict[str, Any]:
         """The event's fields as a plain dict."""
