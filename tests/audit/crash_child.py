@@ -1,7 +1,8 @@
 """A writer process for the crash tests: appends concurrently and acknowledges on stdout.
 
-Not a test module. ``python -m tests.audit.crash_child AUDIT_DIR KEK_FILE CONCURRENCY PREFIX [SEGMENT_BYTES]`` prints
-``ready`` once started, then ``ack <request_id> <seq>`` for every append that returned (i.e. is
+Not a test module.
+``python -m tests.audit.crash_child AUDIT_DIR KEK_FILE CONCURRENCY PREFIX SEGMENT_BYTES``
+prints ``ready`` once started, then ``ack <request_id> <seq>`` for every append that returned (i.e. is
 durable), forever, until it is killed. The parent kills it with SIGKILL mid-load.
 """
 
@@ -36,7 +37,5 @@ async def main(
 
 
 if __name__ == "__main__":
-    segment_bytes = int(sys.argv[5]) if len(sys.argv) > 5 else 64 * 1024  # rotates often
-    asyncio.run(
-        main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], segment_bytes)
-    )
+    audit_dir, kek_file, concurrency, prefix, segment_bytes = sys.argv[1:6]
+    asyncio.run(main(Path(audit_dir), Path(kek_file), int(concurrency), prefix, int(segment_bytes)))

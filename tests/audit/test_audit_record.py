@@ -110,7 +110,8 @@ def test_frame_plaintext_is_the_record_as_json() -> None:
      "model": None, "version": None, "body_hmac": None}, {"subject": 'dr "q" \\ é 中 \U0001f600'},
      {"subject": "tab\there\x7f"}, {"latency_ms": 0.0}, {"latency_ms": 1e-7},
      {"latency_ms": 123456789.123456}, {"break_glass": True, "status": 499, "outcome": "aborted"},
-     {"version": True}, {"latency_ms": math.inf}, {"latency_ms": math.nan}],
+     {"version": True}, {"latency_ms": math.inf}, {"latency_ms": math.nan},
+     {"time": 1_800_000_000}],
 )  # fmt: skip
 def test_signed_bytes_are_exactly_the_canonical_mac_input(overrides: dict) -> None:
     # The writer signs with the fast template; the verifier re-encodes with canonical(): any
@@ -124,9 +125,12 @@ def test_signed_bytes_are_exactly_the_canonical_mac_input(overrides: dict) -> No
 def test_utc_iso_matches_datetime_formatting() -> None:
     rng = random.Random(7)
     edges = [0.0, 1.0, 1.9999995, 1.9999994, 1_700_000_000.0000005, 1_700_000_000.9999996,
-             4_102_444_800.5, -0.5, -86_400.25]  # fmt: skip
+             4_102_444_800.5, -0.5, -86_400.25, -0.0]  # fmt: skip
     values = edges + [rng.uniform(0, 4e9) for _ in range(2000)]
     values += [1_800_000_000 + rng.random() for _ in range(200)]  # same second, cache reused
     for value in values:
         expected = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert utc_iso(value) == expected, value
+    for bad in (math.nan, math.inf):  # refused as datetime refuses them
+        with pytest.raises((ValueError, OverflowError)):
+            utc_iso(bad)

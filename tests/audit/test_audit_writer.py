@@ -134,6 +134,7 @@ def test_close_writes_what_is_pending_then_seals(
 def _start_child(
     audit_dir: Path, kek_file: Path, prefix: str = "", segment_bytes: int = 64 * 1024
 ) -> subprocess.Popen[str]:
+    # 64 KiB segments rotate every ~100 records, so the crash tests cross segment boundaries.
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     args = [str(audit_dir), str(kek_file), "64", prefix, str(segment_bytes)]
     return subprocess.Popen(

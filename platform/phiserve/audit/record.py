@@ -51,13 +51,13 @@ _JSON_STR: Final = json.encoder.encode_basestring_ascii
 def utc_iso(epoch_s: float) -> str:
     """``epoch_s`` as an ISO-8601 UTC timestamp with microseconds and a ``Z`` suffix."""
     global _LAST_SECOND
+    if not (epoch_s >= 0 and math.isfinite(epoch_s)):  # before 1970, NaN, inf: datetime decides
+        return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     # Rounded as datetime.fromtimestamp rounds: the fraction to the nearest microsecond, half even.
     fraction, second = math.modf(epoch_s)
     micros = round(fraction * 1e6)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    if micros < 0 or not math.isfinite(second):  # before 1970: the general path
-        return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     last = _LAST_SECOND
     if last[0] != second:
         last = _LAST_SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
