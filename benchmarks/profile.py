@@ -50,8 +50,8 @@ _ROLES = (
     ("audit writer thread", ("AuditWriter._run",)),
     ("onnxruntime executor thread", ("_worker (concurrent/futures/thread.py",)),
     (
-        "OpenTelemetry export thread",
-        ("BatchProcessor", "BatchSpanProcessor", "opentelemetry/exporter"),
+        "span pipe thread (hands spans to the export process)",
+        ("SpanPipe._run", "BatchProcessor", "opentelemetry/exporter"),
     ),
 )
 

@@ -109,6 +109,7 @@ def test_traces_endpoint_variable_alone_enables_http(otel_env, otlp_receiver, ha
     [
         ({}, 8192, 4096),  # phiserve's defaults: deep queue, large batches
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 1000, 512),  # the SDK's batch default
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, 100, 100),  # ... capped by the queue
         ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 8192, 100),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "300", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 300, 50),
     ],
@@ -117,10 +118,24 @@ def test_batch_processor_sizes_honour_the_standard_variables(
     otel_env, otlp_receiver, env, queue, batch
 ) -> None:
     otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, **env)
-    recorder = tracing._STATE.recorder
-    assert recorder is not None
-    batcher = recorder.processor._batch_processor
-    assert (batcher._max_queue_size, batcher._max_export_batch_size) == (queue, batch)
+    pipe = tracing._STATE.pipe
+    assert pipe is not None
+    assert (pipe.max_queue_size, pipe.max_export_batch_size) == (queue, batch)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE='lots'"),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0"}, "positive integer"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "-5"}, "OTEL_BSP_SCHEDULE_DELAY='-5'"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"}, "is over"),
+    ],
+)
+def test_invalid_batch_settings_fail_loudly(otel_env, otlp_receiver, env, message) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, **env)
+    assert not telemetry.tracing_enabled()
 
 
 def test_infer_request_exports_one_coherent_span_tree(traced, harness: Harness) -> None:

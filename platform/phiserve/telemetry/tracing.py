@@ -13,15 +13,15 @@ reads the rest of the environment itself: ``OTEL_TRACES_SAMPLER``/``_ARG``,
 ``http/protobuf``, the default, or ``grpc``), since that is the distro's job, not the SDK's.
 
 Hot path: the request's spans do not go through the SDK's ``Tracer``/``Span`` objects, which cost
-about 16 us each. A small recorder asks the provider's sampler for the server span's decision,
-takes ids from its id generator, and queues finished :class:`RecordingSpan` objects (slotted,
-about 2 us each) on the provider's :class:`~opentelemetry.sdk.trace.export.BatchSpanProcessor`.
-phiserve's exporter (:mod:`._otlp`) encodes them straight from their slots (about 1.5 us per
-span instead of the SDK encoder's 20) and converts them to SDK ``ReadableSpan`` objects for the
-stock encoder whenever it has to fall back. Children inherit the server span's sampling
-decision, which is what every built-in sampler decides for them anyway. The SDK tracer is still
-available (:func:`get_tracer`) and joins the request's trace: the request's span context is made
-current in OpenTelemetry's context too.
+about 16 us each. A small recorder asks the provider's sampler for the server span's decision and
+takes ids from its id generator; each :class:`RecordingSpan` (slotted, about 2 us) leaves a plain
+tuple (:data:`SpanRecord`) with its request's server span when it ends, and the server span hands
+the request's records to the :class:`~phiserve.telemetry.export_process.SpanPipe` in one go. A
+child process encodes OTLP and talks to the collector, so neither the encoding nor the network
+client holds this process' GIL. Children inherit the server span's sampling decision, which is
+what every built-in sampler decides for them anyway. The SDK tracer is still available
+(:func:`get_tracer`; its spans take the SDK's own batch processor and exporter) and joins the
+request's trace: the request's span context is made current in OpenTelemetry's context too.
 
 PHI safety: spans carry route templates, bounded model labels, ids and numbers. Exceptions are
 recorded as their type and a fixed message, never ``str(exc)`` or a stack trace. Incoming
@@ -53,17 +53,20 @@ from opentelemetry.trace import (
 from phiserve.errors import ConfigurationError, PhiserveError
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
     from opentelemetry.util.types import AttributeValue
+
+    from phiserve.telemetry.export_process import SpanPipe
 
 TRACER_NAME: Final = "phiserve"
 DEFAULT_SERVICE_NAME: Final = "phiserve"
 REDACTED_MESSAGE: Final = "message withheld from telemetry"
 DEFAULT_BSP_QUEUE: Final = 8192
 DEFAULT_BSP_BATCH: Final = 4096
+SDK_BSP_BATCH: Final = 512  # the SDK's defaults, used when only the queue size is set
+SDK_BSP_DELAY_MS: Final = 5000
 
 # Span names for the request path, so traces look the same whoever records them.
 SPAN_AUTHENTICATE: Final = "authenticate"
@@ -80,7 +83,7 @@ ATTR_BATCH_SIZE: Final = "phiserve.batch_size"
 ATTR_PROVIDER: Final = "phiserve.execution_provider"
 ATTR_ERROR_STATUS: Final = "phiserve.error.status"
 
-_PROTOCOLS: Final = ("http/protobuf", "grpc")
+OTLP_PROTOCOLS: Final = ("http/protobuf", "grpc")
 # W3C Trace Context, the same pattern the SDK's propagator uses.
 _TRACEPARENT: Final = re.compile(
     r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$"
@@ -88,8 +91,20 @@ _TRACEPARENT: Final = re.compile(
 _SAMPLED: Final = 0x01
 _RANDOM: Final = 0x02  # W3C Trace Context Level 2 "random trace id"
 _UNSET: Final = Status(StatusCode.UNSET)
+_INTERNAL: Final = SpanKind.INTERNAL.value
+_SERVER: Final = SpanKind.SERVER.value
 _EMPTY_CONTEXT: Final = Context()
 _VALUE_TYPES: Final = (str, bool, int, float)
+
+# A finished span as the exporter receives it: a plain tuple, so it is cheap to build, is not
+# tracked by the garbage collector and marshals in C. Fields, in order: name, trace id, span id,
+# parent span id (0: none), parent is remote, SpanKind value, start and end (Unix ns), attributes,
+# W3C trace flags, events as (name, attributes, time ns) tuples, status as None (unset) or
+# (StatusCode value, description).
+SpanRecord = tuple[
+    str, int, int, int, bool, int, int, int, dict[str, Any], int,
+    tuple[tuple[str, dict[str, Any], int], ...], tuple[int, str] | None,
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +166,13 @@ NOOP_SPAN: Final = _NoopSpan()
 class RecordingSpan:
     """A sampled span of the request path, queued for export when :meth:`end` is called.
 
-    Timestamps are Unix-epoch nanoseconds. It goes through the SDK's batch processor as is, and
-    phiserve's exporter encodes it directly; :meth:`to_readable` gives the SDK's
-    :class:`~opentelemetry.sdk.trace.ReadableSpan` for anything else. Attribute values that
-    OpenTelemetry cannot carry (``None``, objects) are dropped by :meth:`set_attribute`.
+    Timestamps are Unix-epoch nanoseconds. What is queued is its :meth:`record`. Attribute values
+    that OpenTelemetry cannot carry (``None``, objects) are dropped by :meth:`set_attribute`.
     """
 
-    __slots__ = ("attributes", "end_ns", "events", "flags", "kind", "name", "parent_remote",
-                 "parent_span_id", "recorder", "span_id", "start_ns", "status", "trace_id")  # fmt: skip
+    __slots__ = ("attributes", "collected", "end_ns", "events", "flags", "kind", "name",
+                 "parent_remote", "parent_span_id", "recorder", "root", "span_id", "start_ns",
+                 "status", "token", "trace_id")  # fmt: skip
 
     def __init__(
         self,
@@ -169,17 +183,26 @@ class RecordingSpan:
         flags: int,
         parent_span_id: int,
         parent_remote: bool,
-        kind: SpanKind,
+        kind: int,
         start_ns: int,
         attributes: dict[str, AttributeValue],
+        root: RecordingSpan | None = None,
     ) -> None:
+        """``kind`` is a :class:`~opentelemetry.trace.SpanKind` value; ids and flags as in W3C.
+
+        ``root``: the request's server span, for a child; ``None`` makes this span a root.
+        """
         self.recorder = recorder
         self.name, self.trace_id, self.span_id, self.flags = name, trace_id, span_id, flags
         self.parent_span_id, self.parent_remote = parent_span_id, parent_remote
         self.kind, self.start_ns, self.end_ns = kind, start_ns, 0
         self.attributes = attributes
-        self.events: list[Any] = []
+        self.events: list[tuple[str, dict[str, Any], int]] | None = None
         self.status = _UNSET
+        self.token: Token[RecordingSpan | None] | None = None
+        self.root = root  # None on a root (a reference to itself would be a cycle)
+        # On a root: the records of its finished spans, shipped together when it ends.
+        self.collected: list[SpanRecord] | None = [] if root is None else None
 
     def is_recording(self) -> bool:
         """Always true: unsampled requests get no :class:`RecordingSpan`."""
@@ -187,7 +210,7 @@ class RecordingSpan:
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Set one attribute (PHI-free values only)."""
-        if isinstance(value, _VALUE_TYPES) or _valid_sequence(value):
+        if _valid_value(value):
             self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
@@ -197,9 +220,10 @@ class RecordingSpan:
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         """Add a timestamped event (used for the scrubbed exception event)."""
-        from opentelemetry.sdk.trace import Event
-
-        self.events.append(Event(name, dict(attributes or {}), time.time_ns()))
+        attrs = {k: v for k, v in (attributes or {}).items() if _valid_value(v)}
+        if self.events is None:
+            self.events = []
+        self.events.append((name, attrs, time.time_ns()))
 
     def set_status(self, status: Status) -> None:
         """Set the span status."""
@@ -213,79 +237,96 @@ class RecordingSpan:
     def child(
         self, name: str, attributes: dict[str, AttributeValue], start_ns: int
     ) -> RecordingSpan:
-        """A child span starting at ``start_ns`` (same trace, same sampling decision)."""
+        """A child span starting at ``start_ns`` (same trace, same sampling decision).
+
+        As a context manager it is the current span inside the block, records an exception
+        leaving the block (scrubbed, type only) and ends when the block does.
+        """
         return RecordingSpan(
-            self.recorder,
-            name,
-            self.trace_id,
-            self.recorder.new_span_id(),
-            self.flags,
-            self.span_id,
-            False,
-            SpanKind.INTERNAL,
-            start_ns,
-            attributes,
-        )
+            self.recorder, name, self.trace_id, self.recorder.new_span_id(), self.flags,
+            self.span_id, False, _INTERNAL, start_ns, attributes,
+            self if self.root is None else self.root,
+        )  # fmt: skip
+
+    def child_record(
+        self, name: str, start_ns: int, end_ns: int, attributes: dict[str, AttributeValue]
+    ) -> SpanRecord:
+        """The record of a child span timed elsewhere, with nothing to annotate.
+
+        ``attributes`` may be shared between records: nothing changes a record once queued.
+        """
+        return (
+            name, self.trace_id, self.recorder.new_span_id(), self.span_id, False, _INTERNAL,
+            start_ns, end_ns, attributes, self.flags, (), None,
+        )  # fmt: skip
+
+    def __enter__(self) -> RecordingSpan:
+        self.token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        end = time.time_ns()
+        _CURRENT.reset(self.token)  # type: ignore[arg-type]
+        if exc is not None:
+            record_error(self, exc)
+        self.end(end)
 
     def end(self, end_ns: int | None = None) -> None:
-        """Finish the span and queue it for export."""
+        """Finish the span; a root ships its request's records for export."""
         self.end_ns = end_ns if end_ns is not None else time.time_ns()
-        self.recorder.on_end(self)  # type: ignore[arg-type]
+        if self.root is not None:
+            self.root.collect(self.record())
+            return
+        collected = self.collected
+        if collected is None:
+            return  # ended twice
+        collected.append(self.record())
+        self.collected = None
+        self.recorder.on_end(collected)
 
-    def to_readable(self) -> ReadableSpan:
-        """The SDK's representation, for exporters other than phiserve's own."""
-        from opentelemetry.sdk.trace import ReadableSpan
+    def collect(self, record: SpanRecord) -> None:
+        """Add a finished child's record to this root's (or ship it alone, the root has ended).
 
-        parent = (
-            SpanContext(
-                self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags)
-            )
-            if self.parent_span_id
-            else None
-        )
-        return ReadableSpan(
-            self.name,
-            self.context,
-            parent,
-            self.recorder.resource,
-            self.attributes,
-            self.events,
-            (),
-            self.kind,
-            None,
-            self.status,
-            self.start_ns,
-            self.end_ns,
-            self.recorder.scope,
-        )
+        Only the request's own thread ends its spans; a record added from another thread while
+        the root ends could be lost.
+        """
+        collected = self.collected
+        if collected is not None:
+            collected.append(record)
+        else:
+            self.recorder.on_end([record])
+
+    def record(self) -> SpanRecord:
+        """This span as the exporter receives it (see :data:`SpanRecord`)."""
+        status = self.status
+        return (
+            self.name, self.trace_id, self.span_id, self.parent_span_id, self.parent_remote,
+            self.kind, self.start_ns, self.end_ns, self.attributes, self.flags,
+            tuple(self.events) if self.events else (),
+            None if status is _UNSET else (status.status_code.value, status.description or ""),
+        )  # fmt: skip
 
 
-def _valid_sequence(value: object) -> bool:
+def _valid_value(value: object) -> bool:
+    """An attribute value OpenTelemetry can carry: a scalar or a sequence of scalars."""
+    if isinstance(value, _VALUE_TYPES):
+        return True
     return isinstance(value, (list, tuple)) and all(isinstance(v, _VALUE_TYPES) for v in value)
 
 
 class _Recorder:
-    """Samples server spans and hands finished spans to the SDK's batch processor."""
+    """Samples server spans and hands each request's span records to the span pipe."""
 
-    __slots__ = ("new_span_id", "new_trace_id", "on_end", "processor", "provider", "random_ids",
-                 "resource", "sampler", "scope", "tracer")  # fmt: skip
+    __slots__ = ("new_span_id", "new_trace_id", "on_end", "random_ids", "sampler", "tracer")
 
-    def __init__(self, provider: TracerProvider, processor: BatchSpanProcessor) -> None:
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-        self.provider, self.processor = provider, processor
-        # phiserve's spans are sampled by construction, so skip on_end's check (it builds a
-        # SpanContext per span, ~2.5 us) and queue straight into the processor's batcher.
-        batcher = getattr(processor, "_batch_processor", None)
-        self.on_end = getattr(batcher, "emit", None) or processor.on_end
+    def __init__(self, provider: TracerProvider, pipe: SpanPipe) -> None:
+        self.on_end = pipe.submit
         self.sampler = provider.sampler
         self.new_span_id = provider.id_generator.generate_span_id
         self.new_trace_id = provider.id_generator.generate_trace_id
         is_random = getattr(provider.id_generator, "is_trace_id_random", None)
         self.random_ids = bool(is_random()) if is_random is not None else False
-        self.resource = provider.resource
         self.tracer: Tracer = provider.get_tracer(TRACER_NAME)
-        self.scope: InstrumentationScope = InstrumentationScope(TRACER_NAME)
 
     def start_server(
         self, name: str, parent: SpanContext | None, attributes: dict[str, AttributeValue]
@@ -311,7 +352,7 @@ class _Recorder:
         span = RecordingSpan(
             self, name, trace_id, span_id, flags,
             parent.span_id if parent is not None else 0, parent is not None,
-            SpanKind.SERVER, time.time_ns(), attributes,
+            _SERVER, time.time_ns(), attributes,
         )  # fmt: skip
         return span, trace_id, span_id, flags
 
@@ -319,11 +360,12 @@ class _Recorder:
 class _State:
     """The process' recorder; ``None`` when tracing is off (the cheap path)."""
 
-    __slots__ = ("provider", "recorder")
+    __slots__ = ("pipe", "provider", "recorder")
 
     def __init__(self) -> None:
         self.recorder: _Recorder | None = None
         self.provider: TracerProvider | None = None
+        self.pipe: SpanPipe | None = None
 
 
 _STATE: Final = _State()
@@ -360,49 +402,106 @@ def configure_tracing() -> TracingStatus:
     protocol = (
         _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
     )
-    if protocol not in _PROTOCOLS:
-        raise ConfigurationError(f"OTLP protocol {protocol!r}: use one of {list(_PROTOCOLS)}")
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigurationError(f"OTLP protocol {protocol!r}: use one of {list(OTLP_PROTOCOLS)}")
 
     # Imported here: with tracing off the SDK and the exporters are never loaded.
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    from phiserve.telemetry._otlp import span_exporter
+    from phiserve.telemetry._otlp import scope_head
+    from phiserve.telemetry.export_process import SpanPipe
 
+    queue, batch, delay_s = _batch_settings()
     resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
-    # OTEL_BSP_* from the environment. Unless set: a deeper queue than the SDK's 2048 spans
-    # (~340 requests) so a burst does not drop spans, and (with the queue not set either)
-    # batches of 4096 spans, not 512: each export has a fixed cost on the exporter thread, which
-    # shares the GIL with the event loop (measured: 33 -> 20 us of exporter CPU per traced
-    # request, +7% requests/s).
-    queue_set = bool(_env("OTEL_BSP_MAX_QUEUE_SIZE"))
-    batch_set = bool(_env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"))
-    processor = BatchSpanProcessor(
-        span_exporter(protocol),
-        max_queue_size=None if queue_set else DEFAULT_BSP_QUEUE,
-        max_export_batch_size=None if queue_set or batch_set else DEFAULT_BSP_BATCH,
+    # Spans of the SDK's own tracer (get_tracer; rare) take the SDK's stock path.
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            _sdk_exporter(protocol),
+            max_queue_size=queue,
+            max_export_batch_size=batch,
+            schedule_delay_millis=delay_s * 1000,
+        )
     )
-    provider.add_span_processor(processor)
-    _STATE.provider = provider
-    _STATE.recorder = _Recorder(provider, processor)
+    pipe = SpanPipe(
+        protocol,
+        scope_head(resource, InstrumentationScope(TRACER_NAME)),
+        max_queue_size=queue,
+        max_export_batch_size=batch,
+        schedule_delay_s=delay_s,
+    )
+    _STATE.provider, _STATE.pipe = provider, pipe
+    _STATE.recorder = _Recorder(provider, pipe)
     return TracingStatus(True, f"exporting over OTLP {protocol}", protocol)
 
 
+def _batch_settings() -> tuple[int, int, float]:
+    """Queue size, batch size (spans) and schedule delay (s) from ``OTEL_BSP_*``.
+
+    Unless set: a deeper queue than the SDK's 2048 spans (~340 requests) so a burst does not
+    drop spans, and (with the queue not set either) batches of 4096 spans, not 512, since every
+    hand-over to the export process has a fixed cost. Invalid values fail loudly.
+    """
+    queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_BSP_QUEUE)
+    queue_set = bool(_env("OTEL_BSP_MAX_QUEUE_SIZE"))
+    batch = _env_int(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        min(SDK_BSP_BATCH, queue) if queue_set else DEFAULT_BSP_BATCH,
+    )
+    if batch > queue:
+        raise ConfigurationError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is over OTEL_BSP_MAX_QUEUE_SIZE={queue}"
+        )
+    delay_ms = _env_int("OTEL_BSP_SCHEDULE_DELAY", SDK_BSP_DELAY_MS)
+    return queue, batch, delay_ms / 1000
+
+
+def _env_int(name: str, default: int) -> int:
+    text = _env(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"{name}={text!r}: expected a positive integer")
+    return value
+
+
+def _sdk_exporter(protocol: str) -> SpanExporter:
+    """The SDK's OTLP span exporter for ``protocol``, configured by ``OTEL_EXPORTER_OTLP_*``."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
 def shutdown_tracing() -> None:
-    """Flush and stop the exporter; tracing is off afterwards (idempotent)."""
-    provider, _STATE.provider, _STATE.recorder = _STATE.provider, None, None
+    """Flush and stop the exporters; tracing is off afterwards (idempotent)."""
+    provider, pipe = _STATE.provider, _STATE.pipe
+    _STATE.provider, _STATE.recorder, _STATE.pipe = None, None, None
+    if pipe is not None:
+        pipe.shutdown()
     if provider is not None:
         provider.shutdown()
 
 
 def force_flush(timeout_ms: int = 5000) -> bool:
     """Export every ended span now; ``True`` when done (or when tracing is off)."""
-    provider = _STATE.provider
-    return provider.force_flush(timeout_ms) if provider is not None else True
+    provider, pipe = _STATE.provider, _STATE.pipe
+    if provider is None or pipe is None:
+        return True
+    deadline = time.monotonic() + timeout_ms / 1000
+    if not pipe.force_flush(timeout_ms):
+        return False
+    return provider.force_flush(max(0, int((deadline - time.monotonic()) * 1000)))
 
 
 def tracing_enabled() -> bool:
@@ -468,28 +567,7 @@ def record_error(span: Any, exc: BaseException) -> None:
 
 
 # --- child spans ------------------------------------------------------------------------------
-class _ChildScope:
-    """Times a block as a child of the current span; records a scrubbed error; ends it."""
-
-    __slots__ = ("_span", "_token")
-
-    def __init__(self, span: RecordingSpan) -> None:
-        self._span = span
-        self._token: Token[RecordingSpan | None] | None = None
-
-    def __enter__(self) -> RecordingSpan:
-        self._token = _CURRENT.set(self._span)
-        return self._span
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        end = time.time_ns()
-        _CURRENT.reset(self._token)  # type: ignore[arg-type]
-        if exc is not None:
-            record_error(self._span, exc)
-        self._span.end(end)
-
-
-def child_span(name: str, **attributes: AttributeValue) -> _ChildScope | _NoopSpan:
+def child_span(name: str, **attributes: AttributeValue) -> RecordingSpan | _NoopSpan:
     """A context manager timing ``name`` as a child of the current request span.
 
     Attribute values must be PHI-free: names, ids, counts, shapes. Keyword names become the
@@ -504,7 +582,7 @@ def child_span(name: str, **attributes: AttributeValue) -> _ChildScope | _NoopSp
     parent = _CURRENT.get()
     if parent is None:
         return NOOP_SPAN
-    return _ChildScope(parent.child(name, attributes, time.time_ns()))
+    return parent.child(name, attributes, time.time_ns())
 
 
 def _perf_to_wall() -> int:
@@ -536,6 +614,12 @@ def record_span(
     span.end(end_ns + offset)
 
 
+# (model, version, batch size, provider) -> the two spans' attributes, shared by their records.
+_BATCH_ATTRIBUTES: dict[tuple[str, str, int, str | None], tuple[dict[str, Any], dict[str, Any]]]
+_BATCH_ATTRIBUTES = {}
+_BATCH_ATTRIBUTES_MAX: Final = 1024
+
+
 class BatchTimings(Protocol):
     """What :func:`record_batch_spans` needs from the batcher (``perf_counter_ns`` units)."""
 
@@ -552,11 +636,22 @@ def record_batch_spans(
     parent = _CURRENT.get()
     if parent is None:
         return
+    key = (model_label, version_label, timings.batch_size, provider)
+    attrs = _BATCH_ATTRIBUTES.get(key)
+    if attrs is None:
+        queued: dict[str, AttributeValue] = {ATTR_MODEL: model_label, ATTR_VERSION: version_label}
+        ran = {**queued, ATTR_BATCH_SIZE: timings.batch_size}
+        if provider:
+            ran[ATTR_PROVIDER] = provider
+        if len(_BATCH_ATTRIBUTES) >= _BATCH_ATTRIBUTES_MAX:
+            _BATCH_ATTRIBUTES.clear()
+        attrs = _BATCH_ATTRIBUTES[key] = (queued, ran)
     offset = _perf_to_wall()  # one anchor, so the two spans meet exactly
     started = timings.started_ns + offset
-    attrs: dict[str, AttributeValue] = {ATTR_MODEL: model_label, ATTR_VERSION: version_label}
-    parent.child(SPAN_QUEUE_WAIT, attrs, timings.enqueued_ns + offset).end(started)
-    attrs = {**attrs, ATTR_BATCH_SIZE: timings.batch_size}
-    if provider:
-        attrs[ATTR_PROVIDER] = provider
-    parent.child(SPAN_INFERENCE, attrs, started).end(timings.finished_ns + offset)
+    root = parent if parent.root is None else parent.root
+    root.collect(
+        parent.child_record(SPAN_QUEUE_WAIT, timings.enqueued_ns + offset, started, attrs[0])
+    )
+    root.collect(
+        parent.child_record(SPAN_INFERENCE, started, timings.finished_ns + offset, attrs[1])
+    )
