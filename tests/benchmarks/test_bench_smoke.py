@@ -83,6 +83,19 @@ def test_serving_bench_phiserve_and_floor(built_home: Path, tmp_path: Path) -> N
     assert not any(p.suffix == ".onnx" for p in tmp_path.rglob("*")), "plaintext model left behind"
 
 
+def test_serving_bench_tracing_against_tracing_off(built_home: Path, tmp_path: Path) -> None:
+    proc = _run("benchmarks.serving", _tiny(built_home, tmp_path, "tracing"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for server in ("phiserve (as shipped)", "phiserve (trace 1.0)", "phiserve (trace 0.0)"):
+        _assert_numbers(_row(out, server, "closed 32u"))
+    for ratio in ("tracing 1.0/off", "tracing 0.0/off", "tracing 1.0/0.0"):
+        assert re.search(rf"^\s+{re.escape(ratio)} throughput\s+{NUMBER}\s+goal", out, re.M), out
+    # The spans really left the server: the export process posted them to the sink.
+    match = re.search(r"OTLP sink received (\d+) export", out)
+    assert match and int(match.group(1)) > 0, out
+
+
 def test_serving_bench_mlserver(built_home: Path, tmp_path: Path) -> None:
     if mlserver_available() is None:
         pytest.skip(
