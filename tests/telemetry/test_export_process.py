@@ -148,6 +148,24 @@ def test_a_full_queue_drops_spans_and_says_how_many(
     assert "6 spans dropped: the export queue (OTEL_BSP_MAX_QUEUE_SIZE=12) was full" in caplog.text
 
 
+def test_a_stopped_child_cannot_hold_up_flush_or_shutdown(
+    traced, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = child_pid()
+    os.kill(stuck, signal.SIGSTOP)  # alive, but reads nothing: its pipe fills up
+    big = ("s", 1, 2, 0, False, 1, 10, 20, {"pad": "x" * 100_000}, 1, (), None)
+    for _ in range(12):  # 1.2 MB: more than the pipe holds
+        pipe().submit([big])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=export_process.__name__):
+        assert not telemetry.force_flush(1000)
+    assert time.monotonic() - started < 5
+    assert "span exporter process is not reading: 12 spans dropped" in caplog.text
+    wait_gone(stuck)  # stopped mid-frame, so it was killed, not resumed
+    telemetry.shutdown_tracing()
+    assert time.monotonic() - started < 10
+
+
 def test_a_full_batch_is_handed_over_without_waiting_for_the_delay(
     otel_env, otlp_receiver, harness: Harness
 ) -> None:

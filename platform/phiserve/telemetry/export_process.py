@@ -1,12 +1,6 @@
 """Span export in a child process: OTLP encoding and the collector client off the serving GIL.
 
-Why: encoding a traced request's six spans and running the HTTP/gRPC client cost ~20 us of CPU,
-and on a thread of the serving process that CPU holds its GIL, so the event loop waits for it.
-Measured on the benchmark machine (2 cores, 32 users, auth and audit on): tracing at ratio 1.0
-served 0.81x the requests of ratio 0.0 with the SDK's batch processor and an exporter thread,
-0.94x with export switched off entirely.
-
-So the serving process only marshals each finished request's span records
+The serving process only marshals each finished request's span records
 (:data:`~phiserve.telemetry.tracing.SpanRecord` tuples, one C call per request) into a buffer,
 and :class:`SpanPipe`'s thread writes the buffer into a pipe once a batch is full or the schedule
 delay has passed (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BSP_SCHEDULE_DELAY``; at most
@@ -14,6 +8,16 @@ delay has passed (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, ``OTEL_BSP_SCHEDULE_DELAY`
 processor does). A child process (``python -m phiserve.telemetry.export_process PROTOCOL``)
 encodes them with :mod:`._otlp` and sends them with the SDK's own OTLP exporter, configured by the
 same ``OTEL_EXPORTER_OTLP_*`` environment (endpoint, headers, TLS, compression, timeout, retries).
+
+Why: on a thread of the serving process, encoding a traced request's six spans and running the
+OTLP client cost ~20 us of CPU that held the GIL. Measured on the 2-core benchmark machine
+(32 users, auth and audit on, tracing at ratio 1.0 against 0.0, medians of 4-5 interleaved runs):
+the SDK's batch processor with an exporter thread served 0.83-0.85x, this design 0.87-0.89x,
+the same with a child that discards everything 0.99x. On those two shared cores the child's CPU
+(~20 us a request) still counts about as much as the event loop's: encoding on the event loop
+instead, or packing ids and times there to halve the child's work, measured the same as this
+(each moved ~5-15 us between the two). With more cores than the load uses, the child's CPU is
+free and only the event loop's counts, which is what this design minimises.
 
 Pipe protocol, parent to child on stdin: frames of a 5-byte header (kind, payload length) and a
 payload. ``SETUP`` (first): marshal of (encoded resource and scope, spans per request).
@@ -111,18 +115,18 @@ class SpanPipe:
                 self._wake.set()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Send everything queued and wait until the child has exported it."""
+        """Send everything queued and wait until the child has exported it (``False``: timeout)."""
         deadline = time.monotonic() + timeout_millis / 1000
-        self._ship()
-        return self._child.flush(deadline)
+        return self._ship(deadline) and self._child.flush(deadline)
 
     def shutdown(self, timeout_millis: int = 30000) -> None:
-        """Send what is queued, let the child finish and exit (killed after the timeout)."""
+        """Send what is queued, let the child finish and exit; kill it after the timeout."""
         deadline = time.monotonic() + timeout_millis / 1000
         self._closed = True
         self._wake.set()
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        self._ship()
+        if not self._thread.is_alive():  # else it is stuck handing a batch to a stuck child
+            self._ship(deadline)
         self._child.close(deadline)
 
     def _run(self) -> None:
@@ -131,8 +135,14 @@ class SpanPipe:
             self._wake.clear()
             self._ship()
 
-    def _ship(self) -> None:
-        with self._ship_lock:
+    def _ship(self, deadline: float | None = None) -> bool:
+        """Hand the buffer to the child; ``False`` if that could not finish by ``deadline``.
+
+        Without a deadline (the pipe's own thread) it waits as long as the child does.
+        """
+        if not self._ship_lock.acquire(timeout=_timeout(deadline)):
+            return False
+        try:
             with self._lock:
                 chunks, self._chunks = self._chunks, []
                 spans, self._pending = self._pending, 0
@@ -143,8 +153,11 @@ class SpanPipe:
                     dropped,
                     self.max_queue_size,
                 )
-            if chunks:
-                self._child.send(_EXPORT, b"".join(chunks), spans)
+            if not chunks:
+                return True
+            return self._child.send(_EXPORT, b"".join(chunks), spans, deadline) is not None
+        finally:
+            self._ship_lock.release()
 
     def _start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="phiserve-span-pipe", daemon=True)
@@ -183,19 +196,29 @@ class _Child:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def send(self, kind: int, payload: bytes, spans: int) -> subprocess.Popen[bytes] | None:
-        """Write one frame; the child it went to, or ``None`` if it was dropped."""
-        with self._lock:
+    def send(
+        self, kind: int, payload: bytes, spans: int, deadline: float | None = None
+    ) -> subprocess.Popen[bytes] | None:
+        """Write one frame; the child it went to, or ``None`` if it was dropped.
+
+        With a ``deadline``, gives up (dropping the frame) when the child has not taken it by
+        then; a child that stopped reading mid-frame is stopped, since its input is now broken.
+        """
+        if not self._lock.acquire(timeout=_timeout(deadline)):
+            if spans:
+                log.warning("span exporter process is not reading: %d spans dropped", spans)
+            return None
+        try:
             proc = self._live()
             if proc is None or proc.stdin is None:
                 if spans:
                     log.warning("no span exporter process: %d spans dropped", spans)
                 return None
             try:
-                proc.stdin.write(_HEADER.pack(kind, len(payload)))
-                proc.stdin.write(payload)
-                proc.stdin.flush()
-            except (OSError, ValueError):
+                written = _write_all(
+                    proc.stdin.fileno(), _HEADER.pack(kind, len(payload)) + payload, deadline
+                )
+            except OSError:
                 log.warning(
                     "span exporter process stopped reading (exit code %s): %d spans dropped",
                     proc.poll(),
@@ -203,16 +226,26 @@ class _Child:
                 )
                 self._discard(proc)
                 return None
+            if not written:
+                log.warning("span exporter process is not reading: %d spans dropped", spans)
+                self._discard(proc)
+                return None
             return proc
+        finally:
+            self._lock.release()
 
     def flush(self, deadline: float) -> bool:
         """Wait until the child has sent every frame written so far; ``False`` on timeout."""
-        with self._flush_lock:
+        if not self._flush_lock.acquire(timeout=_timeout(deadline)):
+            return False
+        try:
             self._token += 1
-            proc = self.send(_FLUSH, _TOKEN.pack(self._token), 0)
+            proc = self.send(_FLUSH, _TOKEN.pack(self._token), 0, deadline)
             if proc is None or proc.stdout is None:
                 return False
             return self._await_token(proc.stdout.fileno(), self._token, deadline)
+        finally:
+            self._flush_lock.release()
 
     @staticmethod
     def _await_token(fd: int, token: int, deadline: float) -> bool:
@@ -228,9 +261,19 @@ class _Child:
 
     def close(self, deadline: float) -> None:
         """Close the child's input; wait for it to finish until ``deadline``, then kill it."""
-        with self._lock:
-            self._closed = True
+        self._closed = True
+        if not self._lock.acquire(timeout=_timeout(deadline)):
+            # A write is stuck: the child stopped reading. Killing it fails that write, and the
+            # writer reaps it.
+            proc = self._proc
+            if proc is not None:
+                log.warning("span exporter process is not reading; stopping it")
+                proc.kill()
+            return
+        try:
             proc, self._proc = self._proc, None
+        finally:
+            self._lock.release()
         if proc is None:
             return
         _close(proc.stdin)
@@ -272,12 +315,14 @@ class _Child:
             log.warning("span exporter process could not start: %s", type(exc).__name__)
             return None
         assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        os.set_blocking(fd, False)  # writes wait in select, where a deadline can end them
         if hasattr(fcntl, "F_SETPIPE_SZ"):
             # A whole batch (~0.5 MB at 4096 spans) fits: one hand-over, not eight.
             with contextlib.suppress(OSError):
-                fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            proc.stdin.write(_HEADER.pack(_SETUP, len(self._setup)) + self._setup)
+            _write_all(fd, _HEADER.pack(_SETUP, len(self._setup)) + self._setup, None)
         except OSError:
             self._discard(proc)
             return None
@@ -293,6 +338,24 @@ class _Child:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def _write_all(fd: int, data: bytes, deadline: float | None) -> bool:
+    """Write ``data`` to the non-blocking ``fd``; ``False`` if ``deadline`` passed first."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([], [fd], [], timeout)[1]:
+                return False
+    return True
+
+
+def _timeout(deadline: float | None) -> float:
+    """A lock's ``acquire`` timeout for ``deadline`` (-1: wait as long as it takes)."""
+    return -1 if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _close(stream: IO[bytes] | None) -> None:
