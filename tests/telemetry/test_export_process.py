@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from opentelemetry.trace import Link
@@ -49,6 +50,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def batched(otel_env: Any, receiver: OtlpHttpReceiver, *, queue: int, batch: int) -> None:
+    """Tracing to ``receiver`` with these OTEL_BSP_* sizes and a delay that never passes here."""
+    otel_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_MAX_QUEUE_SIZE=str(queue),
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE=str(batch),
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
 
 
 def test_spans_are_exported_by_a_child_process(traced, harness: Harness) -> None:
@@ -133,12 +144,7 @@ def test_collector_down_costs_requests_nothing_and_recovers(
 def test_a_full_queue_drops_spans_and_says_how_many(
     otel_env, otlp_receiver, harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    otel_env(
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_BSP_MAX_QUEUE_SIZE="12",
-        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="12",
-        OTEL_BSP_SCHEDULE_DELAY="60000",
-    )
+    batched(otel_env, otlp_receiver, queue=12, batch=12)
     with pipe()._ship_lock:  # the hand-over is stuck (as behind a stalled child)
         for _ in range(3):
             harness.request("POST", INFER, content=b"{}")
@@ -169,12 +175,7 @@ def test_a_stopped_child_cannot_hold_up_flush_or_shutdown(
 def test_a_full_batch_is_handed_over_without_waiting_for_the_delay(
     otel_env, otlp_receiver, harness: Harness
 ) -> None:
-    otel_env(
-        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
-        OTEL_BSP_MAX_QUEUE_SIZE="100",
-        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="12",
-        OTEL_BSP_SCHEDULE_DELAY="60000",
-    )
+    batched(otel_env, otlp_receiver, queue=100, batch=12)
     for _ in range(2):
         harness.request("POST", INFER, content=b"{}")
     otlp_receiver.wait_for_spans(lambda spans: len(spans) >= 2 * SPANS_PER_REQUEST)
