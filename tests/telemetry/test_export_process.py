@@ -159,7 +159,7 @@ def test_a_stopped_child_cannot_hold_up_flush_or_shutdown(
 ) -> None:
     stuck = child_pid()
     os.kill(stuck, signal.SIGSTOP)  # alive, but reads nothing: its pipe fills up
-    big = ("s", 1, 2, 0, False, 1, 10, 20, {"pad": "x" * 100_000}, 1, (), None)
+    big = ("s", 1, 2, 0, False, 1, 10, 20, {"pad": "x" * 100_000}, (), None)
     for _ in range(12):  # 1.2 MB: more than the pipe holds
         pipe().submit([big])
     started = time.monotonic()

@@ -33,11 +33,12 @@ SCOPE = InstrumentationScope("phiserve", "1.2.3", "https://opentelemetry.io/sche
 
 def as_sdk_span(record: tracing.SpanRecord, resource: Resource, scope: Any) -> ReadableSpan:
     """The SDK's representation of one record, field by field."""
-    name, tid, sid, parent, remote, kind, start, end, attrs, flags, events, status = record
-    parent_ctx = SpanContext(tid, parent, remote, TraceFlags(flags)) if parent else None
+    name, tid, sid, parent, remote, kind, start, end, attrs, events, status = record
+    # OTLP carries no trace flags on a span (only whether its parent is remote).
+    parent_ctx = SpanContext(tid, parent, remote, TraceFlags(1)) if parent else None
     return ReadableSpan(
         name,
-        SpanContext(tid, sid, False, TraceFlags(flags)),
+        SpanContext(tid, sid, False, TraceFlags(1)),
         parent_ctx,
         resource,
         attrs,
@@ -112,7 +113,7 @@ def test_matches_sdk_encoder_for_errors_events_and_remote_parents() -> None:
         root.end(root.start_ns + 1000)
     assert len(sink.records) == 6
     decode = sink.records[0]
-    assert decode[10][0][1] == {
+    assert decode[9][0][1] == {
         "exception.type": "phiserve.errors.BadRequest",
         "exception.message": tracing.REDACTED_MESSAGE,
     }

@@ -158,7 +158,7 @@ def encode_records(records: Sequence[SpanRecord], head: tuple[bytes, bytes]) -> 
     kv_get = _KV_CACHE.get
     for record in records:
         (name, tid, span_id, parent_id, parent_remote, kind, start_ns, end_ns, attributes,
-         _flags, events, status) = record  # fmt: skip
+         events, status) = record  # fmt: skip
         if parent_id:
             ids = _PACK_IDS_PARENT(
                 b"\x0a\x10", tid >> 64, tid & _U64, b"\x12\x08", span_id, b"\x22\x08", parent_id

@@ -99,10 +99,10 @@ _VALUE_TYPES: Final = (str, bool, int, float)
 # A finished span as the exporter receives it: a plain tuple, so it is cheap to build, is not
 # tracked by the garbage collector and marshals in C. Fields, in order: name, trace id, span id,
 # parent span id (0: none), parent is remote, SpanKind value, start and end (Unix ns), attributes,
-# W3C trace flags, events as (name, attributes, time ns) tuples, status as None (unset) or
+# events as (name, attributes, time ns) tuples, status as None (unset) or
 # (StatusCode value, description).
 SpanRecord = tuple[
-    str, int, int, int, bool, int, int, int, dict[str, Any], int,
+    str, int, int, int, bool, int, int, int, dict[str, Any],
     tuple[tuple[str, dict[str, Any], int], ...], tuple[int, str] | None,
 ]  # fmt: skip
 
@@ -257,7 +257,7 @@ class RecordingSpan:
         """
         return (
             name, self.trace_id, self.recorder.new_span_id(), self.span_id, False, _INTERNAL,
-            start_ns, end_ns, attributes, self.flags, (), None,
+            start_ns, end_ns, attributes, (), None,
         )  # fmt: skip
 
     def __enter__(self) -> RecordingSpan:
@@ -301,7 +301,7 @@ class RecordingSpan:
         status = self.status
         return (
             self.name, self.trace_id, self.span_id, self.parent_span_id, self.parent_remote,
-            self.kind, self.start_ns, self.end_ns, self.attributes, self.flags,
+            self.kind, self.start_ns, self.end_ns, self.attributes,
             tuple(self.events) if self.events else (),
             None if status is _UNSET else (status.status_code.value, status.description or ""),
         )  # fmt: skip
