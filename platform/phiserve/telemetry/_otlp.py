@@ -106,7 +106,14 @@ def _attribute(tag: bytes, key: str, value: Any) -> bytes:
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    return b"".join([_attribute(tag, k, v) for k, v in attributes.items()])
+    # The cache is read inline: a call per attribute is most of the cost on a cache hit.
+    kv_get = _KV_CACHE.get
+    try:
+        return b"".join(
+            [kv_get((tag, k, type(v), v)) or _attribute(tag, k, v) for k, v in attributes.items()]
+        )
+    except TypeError:  # an unhashable value (a list): _attribute encodes it without the cache
+        return b"".join([_attribute(tag, k, v) for k, v in attributes.items()])
 
 
 def _events(events: Sequence[tuple[str, Mapping[str, Any], int]]) -> list[bytes]:
@@ -155,7 +162,6 @@ def encode_records(records: Sequence[SpanRecord], head: tuple[bytes, bytes]) -> 
         return b""
     # One flat list of pieces joined once: each span is its tag, its length and six parts.
     out: list[bytes] = []
-    kv_get = _KV_CACHE.get
     for record in records:
         (name, tid, span_id, parent_id, parent_remote, kind, start_ns, end_ns, attributes,
          events, status) = record  # fmt: skip
@@ -166,13 +172,7 @@ def encode_records(records: Sequence[SpanRecord], head: tuple[bytes, bytes]) -> 
         else:
             ids = _PACK_IDS(b"\x0a\x10", tid >> 64, tid & _U64, b"\x12\x08", span_id)
         name_kind = _NAME_KIND.get((name, kind)) or _name_kind(name, kind)
-        try:
-            attrs = b"".join(
-                [kv_get((b"\x4a", k, type(v), v)) or _attribute(b"\x4a", k, v)
-                 for k, v in attributes.items()]
-            )  # fmt: skip
-        except TypeError:  # an unhashable value (a list) misses the cache
-            attrs = _attributes(b"\x4a", attributes)
+        attrs = _attributes(b"\x4a", attributes)
         if events or status is not None:
             tail = b"".join(
                 [*_events(events), _EMPTY_STATUS if status is None else _status(*status),

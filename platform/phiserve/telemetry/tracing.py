@@ -229,11 +229,6 @@ class RecordingSpan:
         """Set the span status."""
         self.status = status
 
-    @property
-    def context(self) -> SpanContext:
-        """This span's context, as OpenTelemetry's API represents it."""
-        return SpanContext(self.trace_id, self.span_id, False, TraceFlags(self.flags))
-
     def child(
         self, name: str, attributes: dict[str, AttributeValue], start_ns: int
     ) -> RecordingSpan:
