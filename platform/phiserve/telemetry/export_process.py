@@ -47,10 +47,13 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import IO, Any, Final, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 from phiserve.telemetry._otlp import Unsupported, encode_records
 from phiserve.telemetry.tracing import OTLP_PROTOCOLS, SpanRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +374,17 @@ class _Sender(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _http_sender() -> _Sender:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def sdk_exporter_class(protocol: str) -> type[SpanExporter]:
+    """The SDK's OTLP span exporter for ``protocol``; it reads ``OTEL_EXPORTER_OTLP_*`` itself."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter
 
-    class HttpSender(OTLPSpanExporter):
+
+def _http_sender() -> _Sender:
+    class HttpSender(sdk_exporter_class("http/protobuf")):  # type: ignore[misc]
         """The SDK's OTLP/HTTP exporter, sending requests that are already encoded."""
 
         def send(self, data: bytes, spans: int) -> None:
@@ -390,12 +400,11 @@ def _http_sender() -> _Sender:
 
 
 def _grpc_sender() -> _Sender:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
-    class GrpcSender(OTLPSpanExporter):
+    class GrpcSender(sdk_exporter_class("grpc")):  # type: ignore[misc]
         """The SDK's OTLP/gRPC exporter, sending requests that are already encoded."""
 
         def _translate_data(self, data: Any) -> ExportTraceServiceRequest:

@@ -54,7 +54,6 @@ from phiserve.errors import ConfigurationError, PhiserveError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
     from opentelemetry.util.types import AttributeValue
 
@@ -407,7 +406,7 @@ def configure_tracing() -> TracingStatus:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from phiserve.telemetry._otlp import scope_head
-    from phiserve.telemetry.export_process import SpanPipe
+    from phiserve.telemetry.export_process import SpanPipe, sdk_exporter_class
 
     queue, batch, delay_s = _batch_settings()
     resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win
@@ -417,7 +416,7 @@ def configure_tracing() -> TracingStatus:
     # Spans of the SDK's own tracer (get_tracer; rare) take the SDK's stock path.
     provider.add_span_processor(
         BatchSpanProcessor(
-            _sdk_exporter(protocol),
+            sdk_exporter_class(protocol)(),
             max_queue_size=queue,
             max_export_batch_size=batch,
             schedule_delay_millis=delay_s * 1000,
@@ -467,15 +466,6 @@ def _env_int(name: str, default: int) -> int:
     if value <= 0:
         raise ConfigurationError(f"{name}={text!r}: expected a positive integer")
     return value
-
-
-def _sdk_exporter(protocol: str) -> SpanExporter:
-    """The SDK's OTLP span exporter for ``protocol``, configured by ``OTEL_EXPORTER_OTLP_*``."""
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    return OTLPSpanExporter()
 
 
 def shutdown_tracing() -> None:
