@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from opentelemetry.trace import Link
 from phiserve import telemetry
 from phiserve.telemetry import export_process, tracing
 from phiserve.telemetry.testing import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests.server import free_port
 
 from .conftest import CANARY, Harness
 
@@ -44,12 +44,6 @@ def wait_gone(pid: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still there")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def batched(otel_env: Any, receiver: OtlpHttpReceiver, *, queue: int, batch: int) -> None:
