@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from phiserve.repository.manifest import Manifest
-from phiserve.repository.store import signature_of
+from phiserve.repository.publish import signature_of
 
 
 def doubler_bytes(width: int = 4, batch: bool = True) -> bytes:

@@ -16,6 +16,7 @@ from phiserve.crypto.local import LocalKeyProvider
 from phiserve.errors import KeyProviderError, ModelLoadError
 from phiserve.export import ExportedModel
 from phiserve.repository.manifest import ARTIFACT_FILE, MANIFEST_FILE
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 from tests.server import run_cli
 
@@ -97,7 +98,7 @@ def test_flipped_artifact_byte_is_detected(home: Path) -> None:
 
 def test_artifacts_swapped_between_versions_are_detected(home: Path) -> None:
     repo, provider = _repo(home)
-    v2 = repo.publish(_exported(repo, provider), provider)
+    v2 = publish(repo, _exported(repo, provider), provider)
     assert v2.version == 2
     a, b = _version_dir(home, 1) / ARTIFACT_FILE, _version_dir(home, 2) / ARTIFACT_FILE
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
@@ -110,7 +111,7 @@ def test_artifacts_swapped_between_versions_are_detected(home: Path) -> None:
 
 def test_whole_version_folders_swapped_are_detected(home: Path) -> None:
     repo, provider = _repo(home)
-    repo.publish(_exported(repo, provider), provider)
+    publish(repo, _exported(repo, provider), provider)
     one, two = _version_dir(home, 1), _version_dir(home, 2)
     os.rename(one, one.with_name("tmp"))
     os.rename(two, one)
@@ -147,7 +148,7 @@ def test_parity_failure_is_never_published(home: Path) -> None:
     good = _exported(repo, provider)
     bad = ExportedModel(good.name, good.onnx_bytes, {**good.parity, "passed": False}, {}, good.card)
     with pytest.raises(ModelLoadError, match="parity check did not pass"):
-        repo.publish(bad, provider)
+        publish(repo, bad, provider)
     assert repo.versions(MODEL) == [1]
 
 
