@@ -227,7 +227,11 @@ def test_metadata_routes(harness: Harness, make_token) -> None:
 # --- other ASGI scope types --------------------------------------------------------------------
 def test_lifespan_passes_through(verifier: TokenVerifier) -> None:
     inner = Recorder()
-    asyncio.run(AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})({"type": "lifespan"}, None, None))
+    asyncio.run(
+        AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})(
+            {"type": "lifespan"}, None, None
+        )
+    )
     assert inner.seen == ["lifespan"]
 
 
@@ -242,7 +246,9 @@ def test_websocket_is_closed_with_policy_violation(verifier: TokenVerifier) -> N
         sent.append(message)
 
     scope = {"type": "websocket", "path": "/v2", "headers": []}
-    asyncio.run(AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})(scope, receive, send))
+    asyncio.run(
+        AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})(scope, receive, send)
+    )
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert inner.seen == []
 
