@@ -23,6 +23,7 @@ from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
 from phiserve.dataplane import DataPlane
 from phiserve.errors import ConfigurationError, NotFound, send_error
+from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
 from phiserve.protocol.http import ROUTES as V2_ROUTES
 from phiserve.protocol.http import V2Handlers
 from phiserve.registry import ModelRegistry
@@ -30,7 +31,6 @@ from phiserve.repository.store import ModelRepository
 from phiserve.runtime import runtimes
 from phiserve.runtime.gc_tuning import tune_gc
 from phiserve.security import Authenticator, AuthMiddleware, BearerAuthenticator, TokenVerifier
-from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
 
 METRICS_ROUTE = RouteSpec("metrics", "GET", "/metrics", RouteKind.METRICS, OPEN)
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,6 +46,9 @@ class RequestContext:
     error_type: str | None = None
     body_hmac: str | None = None
     batch_size: int | None = None
+    # PHI-free facts a front end adds to the audit record (pseudonyms, decisions, feature names);
+    # sanitised by phiserve.audit.record.
+    audit_details: dict[str, Any] | None = None
 
     @property
     def route_template(self) -> str:

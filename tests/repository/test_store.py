@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from phiserve.repository.manifest import ARTIFACT_FILE, MANIFEST_FILE
 from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 from tests.server import run_cli
+from tests.toy_models import exported_doubler
 
 MODEL = "breast-cancer"
 
@@ -191,3 +193,22 @@ def _exported(repo: ModelRepository, provider: LocalKeyProvider) -> ExportedMode
     artifact = repo.load(MODEL, 1, provider)
     m = artifact.manifest
     return ExportedModel(m.name, artifact.onnx_bytes, m.parity, m.metrics, m.card, m.serving)
+
+
+def test_extensions_are_authenticated_and_absent_ones_keep_old_macs(home: Path) -> None:
+    repo, provider = _repo(home)
+    exported = dataclasses.replace(
+        exported_doubler("ext"), extensions={"deferral": {"max_missing": 2}}
+    )
+    manifest = publish(repo, exported, provider)
+    assert repo.load("ext", 1, provider).manifest.extensions == {"deferral": {"max_missing": 2}}
+    path = _version_dir(home, 1, "ext") / MANIFEST_FILE
+    doc = json.loads(path.read_text())
+    doc["extensions"]["deferral"]["max_missing"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match="manifest authentication failed"):
+        repo.load("ext", 1, provider)
+    # A manifest written before extensions existed has no such key: its MAC still verifies.
+    assert "extensions" not in json.loads(
+        manifest.model_copy(update={"extensions": {}}).canonical_bytes()
+    )

@@ -22,6 +22,7 @@ from phiserve import telemetry
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.errors import NotFound, PhiserveError, send_error
 from phiserve.telemetry.testing import OtlpHttpReceiver
+from tests.routes import TABLE
 
 CANARY = "CANARY-5e1f0d-PHI"
 KNOWN_MODELS = {"sepsis": [1, 2]}
@@ -211,7 +212,7 @@ def harness() -> Harness:
     """ContextMiddleware(TelemetryMiddleware(router)) with the tiny app."""
     tiny = TinyApp()
     # Every path model passes the context's filter: these tests exercise telemetry's own bounds.
-    app = ContextMiddleware(telemetry.TelemetryMiddleware(Router(tiny)), lambda: _ANY_NAME)
+    app = ContextMiddleware(telemetry.TelemetryMiddleware(Router(tiny)), TABLE, lambda: _ANY_NAME)
     return Harness(tiny, app)
 
 

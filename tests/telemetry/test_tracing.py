@@ -8,6 +8,7 @@ from phiserve import telemetry
 from phiserve.errors import ConfigurationError
 from phiserve.telemetry import tracing
 from phiserve.telemetry.testing import OtlpGrpcReceiver, ReceivedSpan
+from tests.routes import TABLE
 
 from .conftest import CANARY, PROVIDER, Harness
 
@@ -299,7 +300,7 @@ def test_open_routes_traced_when_asked(traced) -> None:
     from .conftest import Router, TinyApp
 
     app = ContextMiddleware(
-        telemetry.TelemetryMiddleware(Router(TinyApp()), trace_open_routes=True)
+        telemetry.TelemetryMiddleware(Router(TinyApp()), trace_open_routes=True), TABLE
     )
     Harness(TinyApp(), app).request("GET", "/v2/health/live")
     (span,) = exported(traced)
@@ -365,7 +366,7 @@ def test_server_error_status_without_exception(traced) -> None:
         await send({"type": "http.response.start", "status": 503, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    harness = Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app)))  # type: ignore[arg-type]
+    harness = Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE))  # type: ignore[arg-type]
     assert harness.request("GET", "/v2").status_code == 503
     (span,) = exported(traced)
     assert span.attributes["error.type"] == "503"
@@ -382,7 +383,9 @@ def test_child_span_outside_a_request_is_a_noop(traced) -> None:
 def _one_request(app) -> None:
     from phiserve.context import ContextMiddleware
 
-    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app))).request("GET", "/v2")  # type: ignore[arg-type]
+    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE)).request(
+        "GET", "/v2"
+    )  # type: ignore[arg-type]
 
 
 async def _ok(send) -> None:

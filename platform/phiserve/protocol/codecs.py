@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from phiserve.errors import BadRequest, PayloadTooLarge
+from phiserve.http.io import parse_json_object
 from phiserve.model.datatypes import V2_TO_NUMPY, v2_datatype
 from phiserve.model.types import (
     InferenceRequest,
@@ -23,7 +24,6 @@ from phiserve.model.types import (
     RequestedOutput,
     RequestInput,
 )
-from phiserve.http.io import parse_json_object
 
 HEADER_LENGTH = "inference-header-content-length"
 

@@ -17,10 +17,10 @@ from phiserve import telemetry
 from phiserve.context import get_context
 from phiserve.dataplane import DataPlane
 from phiserve.errors import BadRequest
-from phiserve.model import Model
-from phiserve.protocol.codecs import HEADER_LENGTH, decode_request, encode_response
 from phiserve.http.io import JSON, header, read_body, send_json, send_response
 from phiserve.http.routing import OPEN, Handler, RouteKind, RouteSpec
+from phiserve.model import Model
+from phiserve.protocol.codecs import HEADER_LENGTH, decode_request, encode_response
 
 _OCTETS: Final = (b"content-type", b"application/octet-stream")
 _HEADER_LENGTH: Final = HEADER_LENGTH.encode()

@@ -101,6 +101,7 @@ def publish(
         metrics=exported.metrics,
         card=card,
         serving=exported.serving,
+        extensions=exported.extensions,
         encryption=header.to_json(),
     ).signed(data_key)
 

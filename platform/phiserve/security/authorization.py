@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from phiserve.http.routing import Route, RouteKind
 from phiserve.security.errors import InsufficientScope
 from phiserve.security.principal import Principal
-from phiserve.http.routing import Route, RouteKind
 
 BREAK_GLASS_SCOPE: Final = "emergency:access"
 METADATA_SCOPE: Final = "metadata:read"

@@ -33,11 +33,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from phiserve import telemetry
 from phiserve.context import get_context
 from phiserve.errors import PhiserveError, send_error
+from phiserve.http.routing import BEARER, Route
 from phiserve.security.authorization import authorize
 from phiserve.security.errors import MalformedToken, MissingToken
 from phiserve.security.principal import Principal
 from phiserve.security.tokens import MAX_TOKEN_BYTES, TokenVerifier
-from phiserve.http.routing import BEARER, Route
 
 _POLICY_VIOLATION: Final = 1008
 
