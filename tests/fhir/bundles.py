@@ -139,7 +139,7 @@ def bundle(resources: list[dict[str, Any]], kind: str = "collection") -> dict[st
         "type": kind,
         "entry": [
             {
-                "fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}",
+                "fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r.get('id', 'new')}",
                 "resource": r,
             }
             for r in copy.deepcopy(resources)

@@ -136,10 +136,10 @@ def validate_block(
         return kind.model_validate(block)
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
-        path = ".".join(str(p) for p in err["loc"])
+        path = "".join(f".{p}" for p in err["loc"])
         raise ConfigurationError(
             f"model {manifest.name!r} version {manifest.version}: "
-            f"extensions.{name}.{path}: {err['msg']}"
+            f"extensions.{name}{path}: {err['msg']}"
         ) from None
 
 
