@@ -105,7 +105,9 @@ def test_a_bundle_gets_a_risk_assessment_citing_the_resources_used(server: Serve
         server, fb.parameters(fb.record(now())), "/fhir/r4/models/deterioration/versions/1/$predict"
     )
     assert again.status_code == 200
-    assert again.json()["prediction"][0]["probabilityDecimal"] == float(prediction.probabilityDecimal)
+    assert again.json()["prediction"][0]["probabilityDecimal"] == float(
+        prediction.probabilityDecimal
+    )
 
 
 def test_a_deferred_prediction_keeps_its_score_and_says_why(server: ServerProcess) -> None:
