@@ -12,11 +12,11 @@ an IdP's ``jwks_uri`` a :class:`jwt.PyJWKClient` fetches the set and caches it f
   names an unknown ``kid`` or the set is older than ``max_age_s``, never more often than
   ``min_refresh_interval_s``, so a flood of tokens with random key ids cannot turn this service
   into a DoS amplifier against the IdP (PyJWKClient's own refresh on an unknown ``kid`` is not
-  rate-limited before PyJWT 2.13);
+  rate-limited before PyJWT 2.14);
 - a failed refresh keeps the keys already loaded, and :attr:`KeySet.generation` counts refreshes
   that dropped a key, so the token cache forgets what such a key verified;
 - https only, redirects included (plain http only on loopback), and a 1 MiB bound on the set.
-  PyJWKClient's own fetch follows redirects to any scheme up to PyJWT 2.12 and none after, and
+  PyJWKClient's own fetch follows redirects to any scheme up to PyJWT 2.13 and none after, and
   reads any size, so :class:`JwksClient` overrides its public ``fetch_data`` and nothing else.
 """
 
