@@ -342,7 +342,7 @@ def test_distributed_run_of_the_charts_code_on_a_stock_image(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.0)
+    # The master waits for both workers (--expect-workers); workers retry until it listens.
     workers = [
         subprocess.Popen(
             [str(BIN / "locust"), "-f", locustfile, "--worker", "--master-port", str(port)],
