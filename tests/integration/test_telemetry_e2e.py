@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from phiserve.telemetry.testing import OtlpHttpReceiver
 from tests.server import ServerProcess
+from tests.telemetry.receivers import OtlpHttpReceiver
 
 CANARY = "CANARY-PHI-987-65-4321"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

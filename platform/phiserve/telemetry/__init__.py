@@ -12,7 +12,10 @@ The data plane and the batcher call this facade with one line each::
     telemetry.record_inference("chest-xray", 3, timings, provider)  # request, after its batch
     telemetry.shutdown_tracing()                            # at shutdown
 
-Everything is a near-free no-op when tracing is off; metrics are always recorded.
+Everything is a near-free no-op when tracing is off; metrics are always recorded. Tracing runs
+on the OpenTelemetry SDK (:mod:`phiserve.telemetry.tracing` says how to add processors and
+resource attributes); every span, the deployment's own included, passes the scrubber of
+:mod:`phiserve.telemetry.scrubbing` before it is exported.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from phiserve.telemetry.metrics import (
     metrics_app,
 )
 from phiserve.telemetry.middleware import TelemetryMiddleware
+from phiserve.telemetry.scrubbing import allow_span_attributes
 from phiserve.telemetry.tracing import (
     SPAN_AUTHENTICATE,
     SPAN_DECODE,
@@ -35,17 +39,14 @@ from phiserve.telemetry.tracing import (
     SPAN_INFERENCE,
     SPAN_QUEUE_WAIT,
     BatchTimings,
-    SpanHandle,
     TracingStatus,
     child_span,
     configure_tracing,
-    current_span,
     force_flush,
     get_tracer,
     record_batch_spans,
-    record_error,
-    record_span,
     shutdown_tracing,
+    tracer_provider,
     tracing_enabled,
 )
 
@@ -61,24 +62,22 @@ __all__ = [
     "BatchTimings",
     "Metrics",
     "MetricsApp",
-    "SpanHandle",
     "TelemetryMiddleware",
     "TracingStatus",
+    "allow_span_attributes",
     "child_span",
     "configure_tracing",
-    "current_span",
     "force_flush",
     "get_tracer",
     "metrics_app",
     "model_loaded",
     "model_unloaded",
     "observe_batch",
-    "record_error",
     "record_inference",
-    "record_span",
     "set_known_models",
     "set_model_ready",
     "shutdown_tracing",
+    "tracer_provider",
     "tracing_enabled",
 ]
 
