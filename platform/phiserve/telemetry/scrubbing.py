@@ -150,40 +150,43 @@ def _without_state(context: SpanContext) -> SpanContext:
     return SpanContext(context.trace_id, context.span_id, context.is_remote, context.trace_flags)
 
 
+def _clean(span: ReadableSpan, attributes: Mapping[str, AttributeValue]) -> bool:
+    """Whether ``span`` may pass as it is: the cheap check phiserve's own spans pass."""
+    if span.events or span.links or not all(allowed(key) for key in attributes):
+        return False
+    method = attributes.get(_METHOD)
+    if method is not None and method not in HTTP_METHODS:
+        return False
+    description = span.status.description
+    context, parent = span.context, span.parent
+    return (
+        scrub_name(span.name, attributes) == span.name
+        and (description is None or _identifier(description))
+        and not (context is not None and context.trace_state)
+        and not (parent is not None and parent.trace_state)
+    )
+
+
 def scrub_span(span: ReadableSpan) -> ReadableSpan:
     """``span`` itself when it is already clean (phiserve's own spans), else a scrubbed copy."""
     raw_attributes = span.attributes or {}
-    attributes = scrub_attributes(raw_attributes)
-    name = scrub_name(span.name, attributes)
-    events = scrub_events(span.events) if span.events else []
-    status = (
-        scrub_status(span.status) if span.status.status_code is StatusCode.ERROR else span.status
-    )
-    context = _without_state(span.context) if span.context is not None else None
-    parent = _without_state(span.parent) if span.parent is not None else None
-    links = [
-        Link(_without_state(link.context), scrub_attributes(link.attributes)) for link in span.links
-    ]
-    if (
-        name == span.name
-        and attributes == raw_attributes
-        and not span.events
-        and status is span.status
-        and context is span.context
-        and parent is span.parent
-        and not links
-    ):
+    if _clean(span, raw_attributes):
         return span
+    attributes = scrub_attributes(raw_attributes)
+    status = span.status
     return ReadableSpan(
-        name=name,
-        context=context,
-        parent=parent,
+        name=scrub_name(span.name, attributes),
+        context=_without_state(span.context) if span.context is not None else None,
+        parent=_without_state(span.parent) if span.parent is not None else None,
         resource=span.resource,
         attributes=attributes,
-        events=events,
-        links=links,
+        events=scrub_events(span.events),
+        links=[
+            Link(_without_state(link.context), scrub_attributes(link.attributes))
+            for link in span.links
+        ],
         kind=span.kind,
-        status=status,
+        status=scrub_status(status) if status.status_code is StatusCode.ERROR else status,
         start_time=span.start_time,
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
