@@ -61,6 +61,25 @@ def test_no_endpoint_means_no_tracer_and_noop_api(otel_env, harness: Harness) ->
     assert (version, tid, flags) == ("00", trace_id, "00") and int(sid, 16)
 
 
+def test_tracing_off_never_imports_the_sdk(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.server import clean_env
+
+    script = (
+        "import sys\n"
+        "from phiserve import telemetry\n"
+        "assert not telemetry.configure_tracing().enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_no_tracer_keeps_the_callers_trace_id(otel_env, harness: Harness) -> None:
     otel_env()
     traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"

@@ -21,6 +21,7 @@ resource attributes); every span, the deployment's own included, passes the scru
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from phiserve.telemetry.metrics import (
     CONTENT_TYPE,
@@ -31,7 +32,6 @@ from phiserve.telemetry.metrics import (
     metrics_app,
 )
 from phiserve.telemetry.middleware import TelemetryMiddleware
-from phiserve.telemetry.scrubbing import allow_span_attributes
 from phiserve.telemetry.tracing import (
     SPAN_AUTHENTICATE,
     SPAN_DECODE,
@@ -49,6 +49,9 @@ from phiserve.telemetry.tracing import (
     tracer_provider,
     tracing_enabled,
 )
+
+if TYPE_CHECKING:
+    from phiserve.telemetry.scrubbing import allow_span_attributes
 
 __all__ = [
     "CONTENT_TYPE",
@@ -80,6 +83,15 @@ __all__ = [
     "tracer_provider",
     "tracing_enabled",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scrubber is built on the SDK, which is imported only once tracing is configured.
+    if name == "allow_span_attributes":
+        from phiserve.telemetry.scrubbing import allow_span_attributes
+
+        return allow_span_attributes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_known_models(models: Mapping[str, Iterable[int]]) -> None:
