@@ -39,11 +39,6 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Semantic conventions: any other method is reported as "_OTHER", so a client cannot write
-# free text into span names or labels through the request line.
-_KNOWN_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 # A request cancelled before any response (client gone, server shutting down): nginx's 499.
 STATUS_CLIENT_CLOSED: Final = 499
 
@@ -92,8 +87,8 @@ class TelemetryMiddleware:
         otel_token: object = None
         if tracer is not None and (route is None or self.trace_open_routes or not route.is_open):
             method = scope["method"]
-            if method not in _KNOWN_METHODS:
-                method = "_OTHER"
+            if method not in tracing.HTTP_METHODS:
+                method = tracing.OTHER_METHOD
             scheme = scope.get("scheme", "http")
             server = scope.get("server")
             port = server[1] if server else None

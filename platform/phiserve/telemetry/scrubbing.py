@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Final
 from opentelemetry.sdk.trace import Event, ReadableSpan, SynchronousMultiSpanProcessor
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 
+from phiserve.telemetry.tracing import HTTP_METHODS, OTHER_METHOD, REDACTED_MESSAGE
+
 if TYPE_CHECKING:
     from opentelemetry.util.types import Attributes, AttributeValue
 
-REDACTED_MESSAGE: Final = "message withheld from telemetry"
 REDACTED_NAME: Final = "withheld"
 EXCEPTION_EVENT: Final = "exception"
 
@@ -71,9 +72,6 @@ ALLOWED_ATTRIBUTES: Final = frozenset(
     }
 )
 ALLOWED_PREFIX: Final = "phiserve."
-HTTP_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"}
-)
 _METHOD: Final = "http.request.method"
 _ROUTE: Final = "http.route"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")
@@ -100,7 +98,7 @@ def scrub_attributes(attributes: Attributes) -> dict[str, AttributeValue]:
     out = {k: v for k, v in (attributes or {}).items() if allowed(k)}
     method = out.get(_METHOD)
     if method is not None and method not in HTTP_METHODS:
-        out[_METHOD] = "_OTHER"
+        out[_METHOD] = OTHER_METHOD
     return out
 
 
@@ -155,7 +153,7 @@ def _clean(span: ReadableSpan, attributes: Mapping[str, AttributeValue]) -> bool
     if span.events or span.links or not all(allowed(key) for key in attributes):
         return False
     method = attributes.get(_METHOD)
-    if method is not None and method not in HTTP_METHODS:
+    if method is not None and method != OTHER_METHOD and method not in HTTP_METHODS:
         return False
     description = span.status.description
     context, parent = span.context, span.parent

@@ -83,6 +83,12 @@ ATTR_PROVIDER: Final = "phiserve.execution_provider"
 ATTR_ERROR_STATUS: Final = "phiserve.error.status"
 
 OTLP_PROTOCOLS: Final = ("http/protobuf", "grpc")
+# Semantic conventions: any other method is reported as "_OTHER", so a client cannot write
+# free text into span names or labels through the request line.
+HTTP_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD: Final = "_OTHER"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 
