@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from phiserve import telemetry
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.errors import NotFound, PhiserveError, send_error
+from tests.routes import TABLE
 from tests.telemetry.receivers import OtlpHttpReceiver
 
 CANARY = "CANARY-5e1f0d-PHI"
@@ -211,8 +212,20 @@ def harness() -> Harness:
     """ContextMiddleware(TelemetryMiddleware(router)) with the tiny app."""
     tiny = TinyApp()
     # Every path model passes the context's filter: these tests exercise telemetry's own bounds.
-    app = ContextMiddleware(telemetry.TelemetryMiddleware(Router(tiny)), lambda: _ANY_NAME)
+    app = ContextMiddleware(telemetry.TelemetryMiddleware(Router(tiny)), TABLE, lambda: _ANY_NAME)
     return Harness(tiny, app)
+
+
+def one_request(app: Callable) -> None:
+    """GET /v2 through ContextMiddleware(TelemetryMiddleware(app))."""
+    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE)).request(  # type: ignore[arg-type]
+        "GET", "/v2"
+    )
+
+
+async def reply_ok(send: Callable) -> None:
+    """An empty 200 response."""
+    await _reply(send, 200, b"")
 
 
 def samples(family: Any, suffix: str = "", **labels: str) -> list[Any]:

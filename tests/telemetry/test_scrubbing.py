@@ -31,7 +31,7 @@ from phiserve import telemetry
 from phiserve.telemetry import scrubbing
 from tests.server import clean_env
 
-from .conftest import CANARY, Harness
+from .conftest import CANARY, Harness, one_request, reply_ok
 from .receivers import OtlpHttpReceiver, ReceivedSpan, attributes
 
 NAME, BIRTH_DATE, SSN = "Jane Q Patient", "1961-07-04", "987-65-4321"
@@ -82,15 +82,12 @@ def assert_no_canary(payload: bytes) -> None:
         assert canary.encode() not in payload, canary
 
 
-def test_user_spans_inside_a_request_are_scrubbed_on_the_wire(traced, harness) -> None:
+def test_user_spans_inside_a_request_are_scrubbed_on_the_wire(traced) -> None:
     async def app(scope, receive, send):
         leaky_user_code()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await reply_ok(send)
 
-    from phiserve.context import ContextMiddleware
-
-    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app))).request("GET", "/v2")  # type: ignore[arg-type]
+    one_request(app)
     assert telemetry.force_flush()
     spans = {s.name: s for s in traced.spans()}
     assert_no_canary(traced.raw)

@@ -8,8 +8,9 @@ from opentelemetry import trace
 from phiserve import telemetry
 from phiserve.errors import ConfigurationError
 from phiserve.telemetry import tracing
+from tests.routes import TABLE
 
-from .conftest import PROVIDER, Harness
+from .conftest import PROVIDER, Harness, one_request, reply_ok
 from .receivers import OtlpGrpcReceiver, ReceivedSpan, attributes
 
 INFER = "/v2/models/sepsis/infer"
@@ -313,7 +314,7 @@ def test_open_routes_traced_when_asked(traced) -> None:
     from .conftest import Router, TinyApp
 
     app = ContextMiddleware(
-        telemetry.TelemetryMiddleware(Router(TinyApp()), trace_open_routes=True)
+        telemetry.TelemetryMiddleware(Router(TinyApp()), trace_open_routes=True), TABLE
     )
     Harness(TinyApp(), app).request("GET", "/v2/health/live")
     (span,) = exported(traced)
@@ -377,7 +378,7 @@ def test_server_error_status_without_exception(traced) -> None:
         await send({"type": "http.response.start", "status": 503, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    harness = Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app)))  # type: ignore[arg-type]
+    harness = Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE))  # type: ignore[arg-type]
     assert harness.request("GET", "/v2").status_code == 503
     (span,) = exported(traced)
     assert span.attributes["error.type"] == "503"
@@ -390,17 +391,6 @@ def test_child_span_outside_a_request_is_a_noop(traced) -> None:
     assert exported(traced) == []
 
 
-def _one_request(app) -> None:
-    from phiserve.context import ContextMiddleware
-
-    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app))).request("GET", "/v2")  # type: ignore[arg-type]
-
-
-async def _ok(send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
 def test_nested_child_spans_and_attributes(traced) -> None:
     async def app(scope, receive, send):
         with telemetry.child_span("outer", **{"phiserve.inputs": 2}) as outer:
@@ -408,9 +398,9 @@ def test_nested_child_spans_and_attributes(traced) -> None:
             outer.set_attribute("dropped", None)  # type: ignore[arg-type]
             with telemetry.child_span("inner") as inner:
                 assert trace.get_current_span() is inner and inner.is_recording()
-        await _ok(send)
+        await reply_ok(send)
 
-    _one_request(app)
+    one_request(app)
     spans = by_name(exported(traced))
     assert spans["outer"].parent_span_id == spans["GET /v2"].span_id
     assert spans["inner"].parent_span_id == spans["outer"].span_id
@@ -423,9 +413,9 @@ def test_sdk_tracer_spans_join_the_request_trace(traced) -> None:
         assert tracer is not None
         with tracer.start_as_current_span("sdk-child"):
             pass
-        await _ok(send)
+        await reply_ok(send)
 
-    _one_request(app)
+    one_request(app)
     spans = by_name(exported(traced))
     assert spans["sdk-child"].parent_span_id == spans["GET /v2"].span_id
     assert spans["sdk-child"].trace_id == spans["GET /v2"].trace_id
