@@ -1,7 +1,7 @@
 """``make bench-crypto``: decrypt-and-load of a ~100 MB ONNX model vs loading the plaintext file.
 
 Builds a synthetic model in memory (one MatMul with a single 100 MiB float32 initializer, random
-weights), publishes it with the platform's real code (``ModelRepository.publish``: envelope
+weights), publishes it with the platform's real code (``phiserve.repository.publish``: envelope
 encryption under a fresh data key wrapped by a local KEK) into a temporary repository, and writes
 the same plaintext bytes to a file beside it: the baseline a user has without encryption.
 
@@ -9,7 +9,7 @@ Then, alternating the two so drift hits both alike, it times
 
 encrypted
     ``ModelRepository.load`` (unwrap the data key, manifest checks, ``AESGCM.decrypt`` reading the
-    ciphertext from an mmap of the file) + :class:`phiserve.runtime.onnx.OnnxModel`
+    ciphertext from an mmap of the file) + :class:`phiserve.runtime.onnx.OnnxSession`
     (onnxruntime session from the bytes);
 plaintext
     ``onnxruntime.InferenceSession(path)`` with the same session options;
@@ -49,8 +49,9 @@ from phiserve.crypto.envelope import EnvelopeHeader, open_with_key
 from phiserve.crypto.local import LocalKeyProvider
 from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
 from phiserve.repository.manifest import artifact_aad, key_context
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
-from phiserve.runtime.onnx import OnnxModel
+from phiserve.runtime.onnx import OnnxSession
 
 NAME = "bench-synthetic"
 ROWS = 4096  # input width; the initializer is ROWS x cols float32
@@ -157,7 +158,7 @@ def main() -> int:
         os.chmod(tmp, 0o700)
         provider = LocalKeyProvider(tmp / "keys" / "kek.json", create=True)
         repo = ModelRepository(tmp / "models")
-        manifest = repo.publish(exported, provider, version=1)
+        manifest = publish(repo, exported, provider, version=1)
         encrypted_files = [
             tmp / "models" / NAME / "1" / manifest.artifact,
             tmp / "models" / NAME / "1" / "manifest.json",
@@ -168,10 +169,10 @@ def main() -> int:
         plain.chmod(0o600)
         del exported, onnx_bytes
 
-        def load_encrypted() -> OnnxModel:
+        def load_encrypted() -> OnnxSession:
             # As the server loads: the GCM tag authenticates, no second hash of the plaintext.
             artifact = repo.load(NAME, 1, provider, check_digest=False)
-            return OnnxModel(artifact.manifest, artifact.onnx_bytes, execution_provider="cpu")
+            return OnnxSession(artifact.manifest, artifact.onnx_bytes, execution_provider="cpu")
 
         def load_plain() -> ort.InferenceSession:
             return ort.InferenceSession(str(plain), sess_options=session_options(), providers=[CPU])
@@ -242,7 +243,7 @@ def encrypted_breakdown(repo: ModelRepository, provider: LocalKeyProvider, runs:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
             plaintext = open_with_key(key, header, view, aad)
         t2 = time.perf_counter()
-        OnnxModel(manifest, plaintext, execution_provider="cpu")
+        OnnxSession(manifest, plaintext, execution_provider="cpu")
         t3 = time.perf_counter()
         del plaintext
         gc.collect()
@@ -282,7 +283,7 @@ def render(
         "",
         "encrypted = ModelRepository.load as the server calls it (unwrap, manifest MAC, "
         "AESGCM.decrypt of an mmap of the ciphertext; the tag authenticates the digest) "
-        "+ OnnxModel (session from bytes); plaintext = InferenceSession(path); same session "
+        "+ OnnxSession (session from bytes); plaintext = InferenceSession(path); same session "
         "options (ORT_ENABLE_ALL, no spinning); cold = the model's files evicted from the page "
         "cache with posix_fadvise(DONTNEED) before each run.",
     ]

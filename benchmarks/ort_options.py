@@ -1,6 +1,6 @@
 """onnxruntime session options shared by the floor and the MLServer runtime.
 
-They match what :class:`phiserve.runtime.onnx.OnnxModel` sets, so the three servers differ in their
+They match what :class:`phiserve.runtime.onnx.OnnxSession` sets, so the three servers differ in their
 serving stacks, not in how onnxruntime runs the model. Imported from both virtual environments:
 depends on onnxruntime only.
 """

@@ -11,6 +11,8 @@ import pytest
 
 from tests.server import ServerProcess, prepare_home
 
+pytest_plugins = ["tests.toy_repository"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from phiserve.export import ExportedModel, build_card
 from phiserve.repository.manifest import Manifest
-from phiserve.repository.store import signature_of
+from phiserve.repository.publish import signature_of
 
 
 def doubler_bytes(width: int = 4, batch: bool = True) -> bytes:
@@ -43,4 +44,30 @@ def manifest_for(onnx_bytes: bytes, name: str = "toy", version: int = 1) -> Mani
         metrics={},
         card={},
         encryption={},
+    )
+
+
+def exported_doubler(name: str = "toy", width: int = 4) -> ExportedModel:
+    """The doubler as an export script would hand it to the repository (parity passed)."""
+    onnx_bytes = doubler_bytes(width)
+    card = build_card(
+        name=name,
+        overview="Doubles its input: a toy for tests.",
+        owners=[{"name": "tests", "contact": "tests@example.invalid"}],
+        licence="Apache-2.0",
+        references=[],
+        architecture="one Mul node",
+        training_data="none",
+        evaluation_data="none",
+        input_format="x: FP32 [N, width]",
+        output_format="y: FP32 [N, width]",
+        onnx_bytes=onnx_bytes,
+        intended_use="tests only",
+        users=["tests"],
+        use_cases=["tests"],
+        limitations=["not a model"],
+        risks={"none": "none"},
+    )
+    return ExportedModel(
+        name=name, onnx_bytes=onnx_bytes, parity={"passed": True}, metrics={}, card=card
     )

@@ -1,15 +1,18 @@
-"""Builds phiserve's ASGI stack from settings: the layers every request passes through.
+"""Builds phiserve from settings: the models, the data plane and the layers every request
+passes through. Wiring only; each piece lives in the folder named for its concern.
 
-Outermost first: request context -> telemetry (server span, metrics) -> audit (one durable
-record per request, allowed or refused) -> authentication and authorization -> the V2 routes.
-All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming),
-and only the infer handler reads the body.
+Outermost first: request context (route matched once) -> telemetry (server span, metrics) ->
+audit (one durable record per request, allowed or refused) -> authentication and authorization
+-> the router, which dispatches to the V2 handlers and /metrics. All layers are plain ASGI
+callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
+read the body.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,11 +21,18 @@ from phiserve.audit import AuditMiddleware, AuditWriter
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
-from phiserve.errors import NotFound, send_error
-from phiserve.protocol.dataplane import DataPlane
-from phiserve.protocol.http import V2App
+from phiserve.dataplane import DataPlane
+from phiserve.errors import ConfigurationError, NotFound, send_error
+from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
+from phiserve.protocol.http import ROUTES as V2_ROUTES
+from phiserve.protocol.http import V2Handlers
+from phiserve.registry import ModelRegistry
+from phiserve.repository.store import ModelRepository
+from phiserve.runtime import runtimes
 from phiserve.runtime.gc_tuning import tune_gc
-from phiserve.security import AuthMiddleware, TokenVerifier
+from phiserve.security import Authenticator, AuthMiddleware, BearerAuthenticator, TokenVerifier
+
+METRICS_ROUTE = RouteSpec("metrics", "GET", "/metrics", RouteKind.METRICS, OPEN)
 
 
 async def _no_metrics(scope: Scope, receive: Receive, send: Send) -> None:
@@ -35,6 +45,7 @@ class Platform:
 
     settings: Settings
     dataplane: DataPlane
+    routes: RouteTable
     app: ASGIApp
     audit: AuditWriter | None
 
@@ -61,11 +72,23 @@ def build_platform(settings: Settings) -> Platform:
     Only configuration and keys are read here (the JWKS, the audit key provider), so a bad
     set-up fails before serving; models load and the audit trail opens in :meth:`Platform.start`.
     """
-    dataplane = DataPlane(settings)
+    registry = ModelRegistry(
+        ModelRepository(settings.repository_dir),
+        partial(key_provider_from_settings, settings),
+        runtimes(settings),
+        pinned_versions=settings.pinned_versions,
+    )
+    dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
+    routes = RouteTable([*V2_ROUTES, METRICS_ROUTE])
+    v2 = V2Handlers(dataplane, settings.max_request_bytes)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
-    app: ASGIApp = V2App(dataplane, settings.max_request_bytes, metrics)
+    app: ASGIApp = Router({**v2.handlers(), METRICS_ROUTE.name: metrics})
     if settings.auth_enabled:
-        app = AuthMiddleware(app, TokenVerifier.from_settings(settings))
+        authenticators: dict[str, Authenticator] = {
+            BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
+        }
+        _check_authenticators(routes, authenticators)
+        app = AuthMiddleware(app, authenticators)
     audit = None
     if settings.audit_enabled:
         provider = key_provider_from_settings(settings, purpose="audit")
@@ -75,5 +98,11 @@ def build_platform(settings: Settings) -> Platform:
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
-    app = ContextMiddleware(app, dataplane.known_models)
-    return Platform(settings=settings, dataplane=dataplane, app=app, audit=audit)
+    app = ContextMiddleware(app, routes, dataplane.known_models)
+    return Platform(settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit)
+
+
+def _check_authenticators(routes: RouteTable, authenticators: dict[str, Authenticator]) -> None:
+    schemes = {spec.auth for spec in routes.specs} - {OPEN}
+    if missing := sorted(schemes - authenticators.keys()):
+        raise ConfigurationError(f"routes need authenticators that are not configured: {missing}")

@@ -1,7 +1,7 @@
 """Per-request context shared by the middleware layers and the route handlers.
 
-The outermost layer (:class:`ContextMiddleware`) matches the route once and creates a
-:class:`RequestContext`; authentication fills in the subject, handlers the outcome, telemetry the
+The outermost layer (:class:`ContextMiddleware`) matches the route once against the route table
+(:mod:`phiserve.http.routing`) and creates a :class:`RequestContext`; authentication fills in the subject, handlers the outcome, telemetry the
 trace id, and the audit layer writes it all down. The context holds only PHI-free facts: names,
 ids, numbers and route templates, never bodies, headers, query values or tensor values.
 """
@@ -13,84 +13,15 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from phiserve.http.routing import Route, RouteTable
+
 SCOPE_KEY: Final = "phiserve.context"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class RouteKind(StrEnum):
-    """What a route does; decides which scope it needs."""
-
-    HEALTH = "health"  # open: liveness and readiness probes
-    METRICS = "metrics"  # open: Prometheus scrape
-    DOCS = "docs"  # open: the OpenAPI description (no data)
-    METADATA = "metadata"  # server and model metadata, model readiness
-    INFER = "infer"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A matched route: its template (a bounded label value) and its parameters."""
-
-    name: str
-    method: str
-    template: str
-    kind: RouteKind
-    model: str | None = None
-    version: int | None = None
-    # Set when the path names a version that is not a positive integer.
-    bad_version: bool = False
-
-    @property
-    def is_open(self) -> bool:
-        """Open routes need no token."""
-        return self.kind in (RouteKind.HEALTH, RouteKind.METRICS, RouteKind.DOCS)
-
-
-def match_route(method: str, path: str) -> Route | None:
-    """Match an Open Inference Protocol path; ``None`` for anything we do not serve."""
-    parts = path.strip("/").split("/")
-    n = len(parts)
-    if parts[0] == "metrics" and n == 1:
-        return Route("metrics", "GET", "/metrics", RouteKind.METRICS)
-    if parts[0] != "v2":
-        return None
-    if n == 1:
-        return Route("server_metadata", "GET", "/v2", RouteKind.METADATA)
-    if parts[1] == "openapi.json" and n == 2:
-        return Route("openapi", "GET", "/v2/openapi.json", RouteKind.DOCS)
-    if parts[1] == "health" and n == 3 and parts[2] in ("live", "ready"):
-        return Route(f"health_{parts[2]}", "GET", f"/v2/health/{parts[2]}", RouteKind.HEALTH)
-    if parts[1] != "models" or n < 3 or not parts[2]:
-        return None
-    model, rest = parts[2], parts[3:]
-    version: int | None = None
-    bad_version = False
-    base = "/v2/models/{model}"
-    if rest[:1] == ["versions"]:
-        if len(rest) < 2:
-            return None
-        raw = rest[1]
-        # isdigit() alone admits digits of other scripts (such as "¹"), which int() refuses.
-        if raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**31:
-            version = int(raw)
-        else:
-            bad_version = True
-        rest = rest[2:]
-        base += "/versions/{version}"
-    if not rest:
-        return Route("model_metadata", "GET", base, RouteKind.METADATA, model, version, bad_version)
-    if rest == ["ready"]:
-        return Route(
-            "model_ready", "GET", base + "/ready", RouteKind.METADATA, model, version, bad_version
-        )
-    if rest == ["infer"]:
-        return Route("infer", "POST", base + "/infer", RouteKind.INFER, model, version, bad_version)
-    return None
 
 
 @dataclass(slots=True)
@@ -115,6 +46,9 @@ class RequestContext:
     error_type: str | None = None
     body_hmac: str | None = None
     batch_size: int | None = None
+    # PHI-free facts a front end adds to the audit record (pseudonyms, decisions, feature names);
+    # sanitised by phiserve.audit.record.
+    audit_details: dict[str, Any] | None = None
 
     @property
     def route_template(self) -> str:
@@ -167,9 +101,13 @@ class ContextMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, known_models: Callable[[], Collection[str]] = frozenset
+        self,
+        app: ASGIApp,
+        routes: RouteTable,
+        known_models: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.app = app
+        self.routes = routes
         self.known_models = known_models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,7 +119,7 @@ class ContextMiddleware:
         ctx = RequestContext(
             request_id=_request_id(scope),
             method=scope["method"],
-            route=match_route(scope["method"], scope["path"]),
+            route=self.routes.match(scope["method"], scope["path"]),
             client=client[0] if client else None,
         )
         if ctx.route is not None and ctx.route.model in self.known_models():

@@ -1,10 +1,17 @@
-"""The BentoML service: the composition root. It holds no business logic.
+"""The BentoML service: the composition root that BentoML runs (``bentoml serve``) and packages
+(``bentoml build``). It holds no business logic.
 
-BentoML owns the process: its arbiter, the worker, start-up and shutdown hooks. Requests to the
-Open Inference Protocol routes and /metrics go straight to phiserve's own ASGI stack, skipping
-BentoML's per-request layers (OpenTelemetry ASGI middleware, timeout middleware, BentoML's
-context middleware and router), which are not needed for these routes and cost throughput;
-everything else (lifespan, BentoML's own pages) still goes through BentoML's app.
+BentoML owns the process: its arbiter, the worker, start-up and shutdown hooks. phiserve's ASGI
+stack is installed with BentoML's public ``add_asgi_middleware``, in front of BentoML's router:
+every HTTP request (and websocket) goes through phiserve's context, telemetry, audit and auth
+layers and its own router, so BentoML's generated routes (``/livez``, ``/readyz``, docs pages,
+``/schema.json``) do not exist; only lifespan events reach BentoML's app. BentoML's own
+per-request layers that stay in front are configured off through its service config: no access
+log, no BentoML metrics, and its OpenTelemetry ASGI middleware excludes every URL (it would
+record URLs, which may carry PHI; phiserve traces each request itself).
+
+Nothing is built at import time but settings (read from the environment): the platform (JWKS,
+key providers, models, audit trail) is built in the worker's start-up hook.
 """
 
 from __future__ import annotations
@@ -14,18 +21,41 @@ import logging
 import signal
 
 import bentoml
-from _bentoml_sdk.service import Service
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from phiserve.app import build_platform
+from phiserve.app import Platform, build_platform
 from phiserve.config import load_settings
+from phiserve.errors import NotReady, send_error
 
 log = logging.getLogger("phiserve")
 settings = load_settings()
-platform = build_platform(settings)
+# BentoML's TimeoutMiddleware stays in front; phiserve's own deadline answers first (504).
+_BENTOML_TIMEOUT_S = int(settings.request_timeout_s) + 5
 
 
-def _install_lame_duck() -> None:
+class PlatformGate:
+    """ASGI middleware (BentoML's public ``add_asgi_middleware``): phiserve answers every
+    HTTP and websocket request; BentoML's app sees only lifespan events."""
+
+    platform: Platform | None = None  # set by the start-up hook, in the worker
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.bento = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route by scope type."""
+        if scope["type"] == "lifespan":
+            await self.bento(scope, receive, send)
+            return
+        platform = PlatformGate.platform
+        if platform is None:  # cannot happen once start-up finished; answer, never forward
+            if scope["type"] == "http":
+                await send_error(send, NotReady("server is starting"))
+            return
+        await platform.app(scope, receive, send)
+
+
+def _install_lame_duck(platform: Platform) -> None:
     """On SIGTERM, report not-ready at once but keep accepting for ``drain_delay_s``.
 
     The load balancer needs a moment to stop routing to us; connections that arrive meanwhile
@@ -36,42 +66,19 @@ def _install_lame_duck() -> None:
     uvicorn_handler = signal.getsignal(signal.SIGTERM)
     if not callable(uvicorn_handler):
         return
+    dataplane = platform.dataplane
+    delay = platform.settings.drain_delay_s
 
     def on_sigterm(signum: int, frame: object) -> None:
-        if platform.dataplane.draining:
+        if dataplane.draining:
             uvicorn_handler(signum, frame)
             return
-        platform.dataplane.draining = True
-        log.info("SIGTERM: not ready; draining in %.1f s", settings.drain_delay_s)
+        dataplane.draining = True
+        log.info("SIGTERM: not ready; draining in %.1f s", delay)
         # Thread-safe scheduling wakes the loop, which may be sleeping in its selector.
-        loop.call_soon_threadsafe(
-            loop.call_later, settings.drain_delay_s, uvicorn_handler, signum, frame
-        )
+        loop.call_soon_threadsafe(loop.call_later, delay, uvicorn_handler, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
-
-
-class _FastPath:
-    """Routes phiserve's paths to its own stack and the rest to BentoML's app."""
-
-    def __init__(self, ours: ASGIApp, bento: ASGIApp) -> None:
-        self.ours, self.bento = ours, bento
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and (path.startswith("/v2") or path == "/metrics"):
-            await self.ours(scope, receive, send)
-        else:
-            await self.bento(scope, receive, send)
-
-
-class _PhiserveBentoService(Service):
-    # Same layout as BentoML's slotted Service, so an instance can take this class.
-    __slots__ = ()
-
-    def to_asgi(self, is_main: bool = True) -> ASGIApp:
-        """BentoML's app with phiserve's fast path in front of it."""
-        return _FastPath(platform.app, super().to_asgi(is_main))
 
 
 @bentoml.service(
@@ -79,22 +86,26 @@ class _PhiserveBentoService(Service):
     workers=1,
     logging={"access": {"enabled": False}},
     metrics={"enabled": False},
-    traffic={"timeout": int(settings.request_timeout_s) + 5},
+    tracing={"excluded_urls": ".*"},
+    traffic={"timeout": _BENTOML_TIMEOUT_S},
 )
 class Phiserve:
     """Loads the encrypted model repository at start-up and drains it on shutdown."""
 
     @bentoml.on_startup
     async def start(self) -> None:
-        """Decrypt and load every model version, and install the lame-duck SIGTERM handler."""
+        """Build the platform, decrypt and load every model version, install the drain."""
         log.setLevel(settings.log_level.upper())
-        _install_lame_duck()
+        platform = build_platform(settings)
+        _install_lame_duck(platform)
         await platform.start()
+        PlatformGate.platform = platform
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
         """Finish in-flight work, flush and seal what needs sealing."""
-        await platform.stop()
+        if PlatformGate.platform is not None:
+            await PlatformGate.platform.stop()
 
 
-Phiserve.__class__ = _PhiserveBentoService
+Phiserve.add_asgi_middleware(PlatformGate)

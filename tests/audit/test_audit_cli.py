@@ -1,9 +1,10 @@
-"""``phiserve audit verify|export``: exit codes, summaries, time windows, an audited export."""
+"""``phiserve audit verify|export|pseudonym``: exit codes, summaries, time windows, an audited export."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import time
@@ -121,3 +122,26 @@ def test_export_stops_at_a_broken_record(trail: Path, capsys: pytest.CaptureFixt
     assert run("export") == 1
     captured = capsys.readouterr()
     assert "export stopped:" in captured.err and "segment 1 missing" in captured.err
+
+
+def test_pseudonym_lookup_matches_the_server_and_is_audited(
+    trail: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    writer_factory: Callable[..., AuditWriter],
+    provider: FlakyProvider,
+) -> None:
+    expected = writer_factory().pseudonym("patient", "MRN-0042")
+    monkeypatch.setattr("sys.stdin", io.StringIO("MRN-0042\n"))
+    assert run("pseudonym", "patient") == 0
+    assert capsys.readouterr().out.strip() == expected
+    _, stored = read_trail(trail, provider)
+    (lookup,) = [r for r in stored if r["route"] == "cli:audit pseudonym"]
+    assert lookup["subject"] == "auditor-anna"
+    assert "MRN-0042" not in json.dumps(stored)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(ConfigurationError, match="standard input"):
+        run("pseudonym", "patient")
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
+    with pytest.raises(ConfigurationError, match="lowercase"):
+        run("pseudonym", "Patient Name")

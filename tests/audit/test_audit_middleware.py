@@ -22,6 +22,7 @@ from phiserve.audit.writer import AuditWriter
 from phiserve.context import ContextMiddleware, get_context
 from tests.audit.conftest import FlakyProvider
 from tests.audit.helpers import read_trail
+from tests.routes import TABLE
 
 
 async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,7 +70,7 @@ def writer(writer_factory: Callable[..., AuditWriter], mirror: io.StringIO) -> A
 
 def stack(writer: AuditWriter, app: Any = tiny_app) -> ContextMiddleware:
     """The production order: context outside, audit inside it (auth would sit inside audit)."""
-    return ContextMiddleware(AuditMiddleware(app, writer), lambda: {"breast-cancer"})
+    return ContextMiddleware(AuditMiddleware(app, writer), TABLE, lambda: {"breast-cancer"})
 
 
 def client(writer: AuditWriter) -> httpx.AsyncClient:

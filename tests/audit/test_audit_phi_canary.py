@@ -22,6 +22,7 @@ from phiserve.context import ContextMiddleware
 from tests.audit.conftest import FlakyProvider
 from tests.audit.helpers import read_trail
 from tests.audit.test_audit_middleware import tiny_app
+from tests.routes import TABLE
 
 CANARIES = {
     "body": "CANARY-BODY-JANE-DOE-1970",
@@ -40,7 +41,7 @@ def test_canaries_never_reach_the_trail(
 ) -> None:  # fmt: skip
     mirror = io.StringIO()
     writer = writer_factory(mirror=mirror, segment_max_bytes=16 * 1024)
-    app = ContextMiddleware(AuditMiddleware(tiny_app, writer))
+    app = ContextMiddleware(AuditMiddleware(tiny_app, writer), TABLE)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     body = json.dumps({
         "inputs": [{"name": CANARIES["body"], "datatype": "FP64", "shape": [1],

@@ -19,8 +19,9 @@ from phiserve.audit.record import (
     outcome_for_status,
     utc_iso,
 )
-from phiserve.context import RequestContext, match_route
+from phiserve.context import RequestContext
 from tests.audit.conftest import make_event
+from tests.routes import match_route
 
 
 def test_record_has_exactly_the_phi_free_fields() -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from phiserve.errors import BadRequest, PayloadTooLarge
+from phiserve.model import InferenceResponse, ResponseOutput
+from phiserve.model.datatypes import V2_TO_NUMPY
 from phiserve.protocol.codecs import decode_request, encode_response
-from phiserve.protocol.datatypes import V2_TO_NUMPY
 
 LIMIT = 1 << 20
 NUMERIC = [t for t in V2_TO_NUMPY if t not in ("BYTES", "BOOL")]
@@ -212,11 +213,15 @@ def test_binary_size_must_match_shape_and_dtype() -> None:
         decode_request(body, length, LIMIT)
 
 
+def _response(request_id: str | None, *outputs: ResponseOutput) -> InferenceResponse:
+    return InferenceResponse("m", 1, request_id, list(outputs))
+
+
 def test_encode_json_and_binary_outputs() -> None:
     probs = np.array([[0.25, 0.75]], dtype=np.float32)
     labels = np.array([1], dtype=np.int64)
     body, length = encode_response(
-        "m", "1", "r", [("probs", probs, True), ("label", labels, False)]
+        _response("r", ResponseOutput("probs", probs, True), ResponseOutput("label", labels))
     )
     assert length is not None
     header = json.loads(body[:length])
@@ -229,11 +234,28 @@ def test_encode_json_and_binary_outputs() -> None:
 
 def test_nan_output_needs_binary() -> None:
     with pytest.raises(BadRequest, match="NaN or Infinity"):
-        encode_response("m", "1", None, [("y", np.array([np.nan], dtype=np.float32), False)])
+        encode_response(_response(None, ResponseOutput("y", np.array([np.nan], np.float32))))
     body, length = encode_response(
-        "m", "1", None, [("y", np.array([np.nan], dtype=np.float32), True)]
+        _response(None, ResponseOutput("y", np.array([np.nan], np.float32), True))
     )
     assert np.isnan(np.frombuffer(body[length:], "<f4")[0])
+
+
+def test_response_parameters_are_encoded() -> None:
+    response = _response(None, ResponseOutput("y", np.array([1.0], np.float32)))
+    response.parameters = {"decision": "defer", "reasons": ["missing_features"]}
+    body, length = encode_response(response)
+    assert length is None
+    assert json.loads(body)["parameters"] == response.parameters
+
+
+@pytest.mark.parametrize("depth", [100_000, 5_000])
+def test_deeply_nested_json_is_a_bad_request(depth: int) -> None:
+    body = b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(BadRequest, match="nests JSON too deeply"):
+        decode_request(body, None, LIMIT)
+    with pytest.raises(BadRequest, match="nests JSON too deeply"):
+        decode_request(b"[" * depth, None, LIMIT)
 
 
 def test_error_messages_never_echo_values() -> None:

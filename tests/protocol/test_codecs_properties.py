@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from phiserve.errors import PhiserveError
+from phiserve.model import InferenceResponse, ResponseOutput
+from phiserve.model.datatypes import V2_TO_NUMPY
 from phiserve.protocol.codecs import decode_request, encode_response
-from phiserve.protocol.datatypes import V2_TO_NUMPY
 
 LIMIT = 1 << 16
 NUMERIC = sorted(t for t in V2_TO_NUMPY if t != "BYTES")
@@ -88,7 +89,8 @@ def test_random_bytes_never_crash(body: bytes, offset: int | None) -> None:
 )
 def test_encode_then_decode_round_trips(array: np.ndarray, binary: bool) -> None:
     try:
-        body, length = encode_response("m", "1", None, [("x", array, binary)])
+        response = InferenceResponse("m", 1, None, [ResponseOutput("x", array, binary)])
+        body, length = encode_response(response)
     except PhiserveError as exc:  # NaN or Infinity as JSON is refused, by design
         assert not binary
         assert "NaN or Infinity" in exc.message

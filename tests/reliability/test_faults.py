@@ -12,6 +12,7 @@ from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.crypto.vault_transit import VaultTransitKeyProvider
 from phiserve.export import ExportedModel
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 from tests.crypto.vault_transit_stub import VaultTransitStub
 from tests.server import ServerProcess, run_cli
@@ -40,7 +41,7 @@ def vault_home(home: Path, vault: VaultTransitStub) -> tuple[Path, dict[str, str
         "PHISERVE_MODEL_REPOSITORY": str(home / "vault-models"),
     }
     provider = VaultTransitKeyProvider(vault.url, vault.token, key="phiserve")
-    ModelRepository(home / "vault-models").publish(exported, provider)
+    publish(ModelRepository(home / "vault-models"), exported, provider)
     return home, env
 
 

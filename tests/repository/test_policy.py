@@ -12,6 +12,7 @@ from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import ConfigurationError
 from phiserve.export import ExportedModel
 from phiserve.repository.policy import default_version
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 from tests.server import ServerProcess
 
@@ -31,8 +32,8 @@ def _publish_v2(home: Path) -> None:
     repo, provider = ModelRepository(settings.repository_dir), key_provider_from_settings(settings)
     a = repo.load("breast-cancer", 1, provider)
     m = a.manifest
-    repo.publish(
-        ExportedModel(m.name, a.onnx_bytes, m.parity, m.metrics, m.card, m.serving), provider
+    publish(
+        repo, ExportedModel(m.name, a.onnx_bytes, m.parity, m.metrics, m.card, m.serving), provider
     )
 
 

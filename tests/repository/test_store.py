@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,8 +17,10 @@ from phiserve.crypto.local import LocalKeyProvider
 from phiserve.errors import KeyProviderError, ModelLoadError
 from phiserve.export import ExportedModel
 from phiserve.repository.manifest import ARTIFACT_FILE, MANIFEST_FILE
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 from tests.server import run_cli
+from tests.toy_models import exported_doubler
 
 MODEL = "breast-cancer"
 
@@ -97,7 +100,7 @@ def test_flipped_artifact_byte_is_detected(home: Path) -> None:
 
 def test_artifacts_swapped_between_versions_are_detected(home: Path) -> None:
     repo, provider = _repo(home)
-    v2 = repo.publish(_exported(repo, provider), provider)
+    v2 = publish(repo, _exported(repo, provider), provider)
     assert v2.version == 2
     a, b = _version_dir(home, 1) / ARTIFACT_FILE, _version_dir(home, 2) / ARTIFACT_FILE
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
@@ -110,7 +113,7 @@ def test_artifacts_swapped_between_versions_are_detected(home: Path) -> None:
 
 def test_whole_version_folders_swapped_are_detected(home: Path) -> None:
     repo, provider = _repo(home)
-    repo.publish(_exported(repo, provider), provider)
+    publish(repo, _exported(repo, provider), provider)
     one, two = _version_dir(home, 1), _version_dir(home, 2)
     os.rename(one, one.with_name("tmp"))
     os.rename(two, one)
@@ -147,7 +150,7 @@ def test_parity_failure_is_never_published(home: Path) -> None:
     good = _exported(repo, provider)
     bad = ExportedModel(good.name, good.onnx_bytes, {**good.parity, "passed": False}, {}, good.card)
     with pytest.raises(ModelLoadError, match="parity check did not pass"):
-        repo.publish(bad, provider)
+        publish(repo, bad, provider)
     assert repo.versions(MODEL) == [1]
 
 
@@ -190,3 +193,22 @@ def _exported(repo: ModelRepository, provider: LocalKeyProvider) -> ExportedMode
     artifact = repo.load(MODEL, 1, provider)
     m = artifact.manifest
     return ExportedModel(m.name, artifact.onnx_bytes, m.parity, m.metrics, m.card, m.serving)
+
+
+def test_extensions_are_authenticated_and_absent_ones_keep_old_macs(home: Path) -> None:
+    repo, provider = _repo(home)
+    exported = dataclasses.replace(
+        exported_doubler("ext"), extensions={"deferral": {"max_missing": 2}}
+    )
+    manifest = publish(repo, exported, provider)
+    assert repo.load("ext", 1, provider).manifest.extensions == {"deferral": {"max_missing": 2}}
+    path = _version_dir(home, 1, "ext") / MANIFEST_FILE
+    doc = json.loads(path.read_text())
+    doc["extensions"]["deferral"]["max_missing"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match="manifest authentication failed"):
+        repo.load("ext", 1, provider)
+    # A manifest written before extensions existed has no such key: its MAC still verifies.
+    assert "extensions" not in json.loads(
+        manifest.model_copy(update={"extensions": {}}).canonical_bytes()
+    )

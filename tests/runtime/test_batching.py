@@ -10,17 +10,29 @@ import pytest
 from phiserve.config import BatchingSettings
 from phiserve.errors import ConfigurationError, Overloaded
 from phiserve.runtime.batching import Batcher
-from phiserve.runtime.onnx import OnnxModel, choose_providers
+from phiserve.runtime.onnx import OnnxSession, choose_providers
 from tests.toy_models import doubler_bytes, manifest_for
 
 
-def _model(batch: bool = True) -> OnnxModel:
+def _session(batch: bool = True) -> OnnxSession:
     data = doubler_bytes(batch=batch)
-    return OnnxModel(manifest_for(data), data, execution_provider="cpu")
+    return OnnxSession(manifest_for(data), data, execution_provider="cpu")
+
+
+def _batcher(settings: BatchingSettings, batch: bool = True) -> Batcher:
+    session = _session(batch)
+    m = session.manifest
+    return Batcher(
+        session.run,
+        name=m.name,
+        version=m.version,
+        model_max_batch_size=m.max_batch_size,
+        settings=settings,
+    )
 
 
 def test_cpu_provider_is_used() -> None:
-    assert _model().provider == "CPUExecutionProvider"
+    assert _session().provider == "CPUExecutionProvider"
 
 
 @pytest.mark.skipif(
@@ -40,7 +52,7 @@ async def _submit_many(batcher: Batcher, count: int) -> list:
 
 def test_concurrent_requests_are_batched_and_routed_back() -> None:
     async def main() -> list:
-        batcher = Batcher(_model(), BatchingSettings(max_batch_size=16, max_queue_delay_ms=20))
+        batcher = _batcher(BatchingSettings(max_batch_size=16, max_queue_delay_ms=20))
         batcher.start()
         try:
             return await _submit_many(batcher, 40)
@@ -57,7 +69,7 @@ def test_concurrent_requests_are_batched_and_routed_back() -> None:
 
 def test_batching_disabled_runs_one_request_at_a_time() -> None:
     async def main() -> list:
-        batcher = Batcher(_model(), BatchingSettings(enabled=False))
+        batcher = _batcher(BatchingSettings(enabled=False))
         batcher.start()
         try:
             return await _submit_many(batcher, 10)
@@ -68,13 +80,13 @@ def test_batching_disabled_runs_one_request_at_a_time() -> None:
 
 
 def test_model_without_batch_axis_is_never_batched() -> None:
-    batcher = Batcher(_model(batch=False), BatchingSettings(max_batch_size=8))
+    batcher = _batcher(BatchingSettings(max_batch_size=8), batch=False)
     assert batcher.max_batch_size == 1
 
 
 def test_multi_row_requests_share_a_batch_and_split_back() -> None:
     async def main() -> tuple:
-        batcher = Batcher(_model(), BatchingSettings(max_batch_size=8, max_queue_delay_ms=20))
+        batcher = _batcher(BatchingSettings(max_batch_size=8, max_queue_delay_ms=20))
         batcher.start()
         try:
             a = batcher.submit({"x": np.ones((2, 4), np.float32)})
@@ -90,7 +102,7 @@ def test_multi_row_requests_share_a_batch_and_split_back() -> None:
 
 def test_full_queue_refuses_at_once_with_retry_after() -> None:
     async def main() -> None:
-        batcher = Batcher(_model(), BatchingSettings(max_queue_size=2, max_queue_delay_ms=1000))
+        batcher = _batcher(BatchingSettings(max_queue_size=2, max_queue_delay_ms=1000))
         # Not started: nothing drains the queue, so the bound is what answers.
         pending = [
             asyncio.ensure_future(batcher.submit({"x": np.ones((1, 4), np.float32)}))

@@ -12,8 +12,9 @@ import pytest
 
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.security.authorization import BREAK_GLASS_SCOPE
-from phiserve.security.middleware import AuthMiddleware, bearer_token
+from phiserve.security.middleware import AuthMiddleware, BearerAuthenticator, bearer_token
 from phiserve.security.tokens import TokenVerifier
+from tests.routes import TABLE
 from tests.security.helpers import CANARY
 
 INFER = "/v2/models/breast-cancer/infer"
@@ -40,7 +41,7 @@ class Harness:
     def __init__(self, verifier: TokenVerifier) -> None:
         self.inner = Recorder()
         self.contexts: list[RequestContext] = []
-        auth = AuthMiddleware(self.inner, verifier)
+        auth = AuthMiddleware(self.inner, {"bearer": BearerAuthenticator(verifier)})
 
         async def capture(scope: dict, receive: Any, send: Any) -> None:
             # Sits where the audit layer will: between ContextMiddleware and AuthMiddleware.
@@ -48,7 +49,7 @@ class Harness:
                 self.contexts.append(get_context(scope))
             await auth(scope, receive, send)
 
-        self.app = ContextMiddleware(capture)
+        self.app = ContextMiddleware(capture, TABLE)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def go() -> httpx.Response:
@@ -226,7 +227,11 @@ def test_metadata_routes(harness: Harness, make_token) -> None:
 # --- other ASGI scope types --------------------------------------------------------------------
 def test_lifespan_passes_through(verifier: TokenVerifier) -> None:
     inner = Recorder()
-    asyncio.run(AuthMiddleware(inner, verifier)({"type": "lifespan"}, None, None))
+    asyncio.run(
+        AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})(
+            {"type": "lifespan"}, None, None
+        )
+    )
     assert inner.seen == ["lifespan"]
 
 
@@ -241,14 +246,16 @@ def test_websocket_is_closed_with_policy_violation(verifier: TokenVerifier) -> N
         sent.append(message)
 
     scope = {"type": "websocket", "path": "/v2", "headers": []}
-    asyncio.run(AuthMiddleware(inner, verifier)(scope, receive, send))
+    asyncio.run(
+        AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})(scope, receive, send)
+    )
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert inner.seen == []
 
 
 def test_without_context_middleware_fails_closed(verifier: TokenVerifier, make_token) -> None:
     inner = Recorder()
-    app = AuthMiddleware(inner, verifier)
+    app = AuthMiddleware(inner, {"bearer": BearerAuthenticator(verifier)})
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from phiserve.context import match_route
 from phiserve.security.authorization import BREAK_GLASS_SCOPE, authorize, is_allowed
 from phiserve.security.errors import InsufficientScope
 from phiserve.security.principal import Principal
+from tests.routes import match_route
 
 INFER = ("POST", "/v2/models/breast-cancer/infer")
 INFER_V = ("POST", "/v2/models/breast-cancer/versions/2/infer")

@@ -11,6 +11,7 @@ under the provider's current KEK, leaving every MAC and frame as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -44,6 +45,9 @@ class AuditKeys:
     body_key: bytes = field(repr=False)
     file_key: bytes = field(repr=False)
     streams: tuple[str, ...] = ()
+    # Keys record pseudonyms of identifiers (patients, instances): stable for the trail's life,
+    # so an investigator holding the trail key can find every record about one identifier.
+    pseudonym_key: bytes = field(default=b"", repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -59,6 +63,7 @@ class AuditKeys:
             body_key=derive_key(root, "audit-body"),
             file_key=derive_key(root, "audit-keyfile"),
             streams=streams,
+            pseudonym_key=derive_key(root, "audit-pseudonym"),
         )
 
 
@@ -156,8 +161,7 @@ def register_stream(audit_dir: Path, keys: AuditKeys, stream: str) -> AuditKeys:
         data["streams"] = sorted({*data["streams"], stream})
         data["mac"] = _file_mac(keys.file_key, data)
         fsio.atomic_write(audit_dir / KEY_FILE, json.dumps(data, indent=2).encode())
-        return AuditKeys(keys.trail_id, keys.chain_key, keys.body_key, keys.file_key,
-                         tuple(data["streams"]))  # fmt: skip
+        return dataclasses.replace(keys, streams=tuple(data["streams"]))
 
 
 def rewrap(audit_dir: Path, provider: KeyProvider) -> int:

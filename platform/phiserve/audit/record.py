@@ -39,6 +39,11 @@ _CLIENT_OK = re.compile(r"^[0-9A-Za-z.:%_\[\]-]{1,64}$")
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ROUTE_OK = re.compile(r"^[A-Za-z0-9/{}_:. -]{1,128}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# ``details``: what a front end adds (a decision, feature names, pseudonyms, a client issuer).
+# Flat, bounded, and limited to code-like text: no sentence, name or date fits the pattern.
+_DETAIL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_DETAIL_TEXT = re.compile(r"^[A-Za-z0-9._:/@+=-]{0,128}$")
+_MAX_DETAILS: Final = 32
 
 
 # The formatted whole second of the last call: every audited request formats its time, and
@@ -75,6 +80,26 @@ def _json_text(value: str | None) -> str:
     return "null" if value is None else _JSON_STR(value)
 
 
+def _detail_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if _DETAIL_TEXT.fullmatch(value) else "<invalid>"
+    if isinstance(value, list | tuple):
+        return [_detail_value(v) for v in value[:_MAX_DETAILS] if not isinstance(v, list | tuple)]
+    return "<invalid>"
+
+
+def _details(value: Any) -> dict[str, Any] | None:
+    """``details`` bounded and sanitised; keys that are not plain names are dropped."""
+    if not isinstance(value, dict):
+        return None
+    items = [(k, v) for k, v in value.items() if isinstance(k, str) and _DETAIL_KEY.match(k)]
+    return {k: _detail_value(v) for k, v in items[:_MAX_DETAILS]}
+
+
 def _text(value: str | None, pattern: re.Pattern[str] | None = None) -> str | None:
     # Bounded, control-free text; a value failing its pattern is replaced, not echoed.
     if value is None:
@@ -105,6 +130,9 @@ class AuditEvent:
     latency_ms: float
     break_glass: bool
     body_hmac: str | None
+    # Facts a front end adds about the call (e.g. a clinical decision and pseudonyms); absent
+    # from the record when None, so records without them keep their original bytes.
+    details: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Sanitise once, here, so no code path can write an unbounded client-controlled string.
@@ -117,6 +145,7 @@ class AuditEvent:
         fix(self, "route", _text(self.route, _ROUTE_OK) or "<invalid>")
         fix(self, "model", _text(self.model, _MODEL_OK))
         fix(self, "body_hmac", _text(self.body_hmac, _HEX_OK))
+        fix(self, "details", _details(self.details))
         if self.outcome not in OUTCOMES:
             raise ValueError(f"unknown audit outcome {self.outcome!r}")
         if self.version is not None and not (type(self.version) is int and self.version > 0):
@@ -157,6 +186,7 @@ class AuditEvent:
             latency_ms=max(0.0, (end - ctx.started) * 1000.0),
             break_glass=ctx.break_glass,
             body_hmac=body_hmac,
+            details=ctx.audit_details,
         )
 
     def signed_bytes(self, seq: int) -> bytes:
@@ -166,7 +196,8 @@ class AuditEvent:
         Sanitised fields have known types, so a template in canonical key order is exact; a
         non-finite latency (which JSON spells differently) takes the generic encoder.
         """
-        if type(self.time) is not str or not math.isfinite(self.latency_ms):
+        generic = self.details is not None or type(self.time) is not str
+        if generic or not math.isfinite(self.latency_ms):
             return mac_input(seq, self.to_dict())
         j, version = _json_text, self.version
         return (
@@ -183,7 +214,10 @@ class AuditEvent:
     def to_dict(self) -> dict[str, Any]:
         """The event's fields as a plain dict."""
         # Not dataclasses.asdict: its deep copy costs ~25 us a record on the hot path.
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data = {name: getattr(self, name) for name in EVENT_FIELDS}
+        if self.details is not None:
+            data["details"] = self.details
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +251,7 @@ class AuditRecord:
     def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
         """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError`` on a malformed dict."""
         fields = {k: data[k] for k in EVENT_FIELDS}
+        fields["details"] = data.get("details")
         return cls(seq=int(data["seq"]), event=AuditEvent(**fields),
                    prev_mac=str(data["prev_mac"]), mac=str(data["mac"]))  # fmt: skip
 
@@ -226,7 +261,8 @@ def canonical(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-EVENT_FIELDS: Final = tuple(AuditEvent.__dataclass_fields__)
+# The fields every record has; ``details`` is added only where set.
+EVENT_FIELDS: Final = tuple(name for name in AuditEvent.__dataclass_fields__ if name != "details")
 
 
 def mac_input(seq: int, fields: dict[str, Any]) -> bytes:
@@ -235,4 +271,7 @@ def mac_input(seq: int, fields: dict[str, Any]) -> bytes:
     ``fields`` are the event's fields as stored; the verifier passes them as decoded, without
     re-sanitising, so the MAC is checked over exactly what was written.
     """
-    return canonical({"v": SCHEMA_VERSION, "seq": seq, **{k: fields[k] for k in EVENT_FIELDS}})
+    data = {"v": SCHEMA_VERSION, "seq": seq, **{k: fields[k] for k in EVENT_FIELDS}}
+    if fields.get("details") is not None:
+        data["details"] = fields["details"]
+    return canonical(data)

@@ -44,6 +44,7 @@ from phiserve.audit.keys import (
     load_or_create_keys,
     register_stream,
 )
+from phiserve.audit.pseudonym import pseudonym
 from phiserve.audit.record import AuditEvent, AuditRecord, canonical, utc_iso
 from phiserve.audit.recovery import recover_stream
 from phiserve.audit.segments import SegmentFile, SegmentHeader, frame_overhead, key_context
@@ -223,6 +224,16 @@ class AuditWriter:
         """Key of the request-body HMAC, once the trail's keys are loaded."""
         keys = self._sink.keys
         return keys.body_key if keys else None
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        """The trail's pseudonym of an identifier (see :mod:`phiserve.audit.pseudonym`).
+
+        Fails closed (:class:`AuditUnavailable`) until the trail's keys are loaded.
+        """
+        keys = self._sink.keys
+        if keys is None:
+            raise AuditUnavailable()
+        return pseudonym(keys.pseudonym_key, kind, value)
 
     # --- submission and settlement ------------------------------------------------------------
     def _submit(self, item: _Pending) -> None:

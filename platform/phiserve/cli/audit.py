@@ -1,9 +1,10 @@
-"""``phiserve audit verify|export``: check the audit trail's chain, and export it for an auditor.
+"""``phiserve audit verify|export|pseudonym``: check the trail, export it, find a patient in it.
 
 ``verify`` exits 0 with a summary when every stream, segment and record checks out, and 1 naming
-the first broken record otherwise. ``export`` decrypts records to JSON lines on stdout; the
-export itself is audited first (stream ``cli``, route ``cli:audit export``), and refused if that
-record cannot be made durable.
+the first broken record otherwise. ``export`` decrypts records to JSON lines on stdout.
+``pseudonym KIND`` reads one identifier from standard input (never the command line, which shell
+history and process lists keep) and prints the pseudonym that records about it carry. Both are
+audited first (stream ``cli``), and refused if that record cannot be made durable.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import ConfigurationError
 
 EXPORT_ROUTE = "cli:audit export"
+PSEUDONYM_ROUTE = "cli:audit pseudonym"
 CLI_STREAM = "cli"
 
 
@@ -49,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--until", type=parse_iso, help="ISO time, exclusive")
     export.add_argument("--actor", help="who exports (default: $USER)")
     export.set_defaults(func=cmd_export)
+
+    lookup = sub.add_parser(
+        "pseudonym", help="the pseudonym of an identifier read from stdin (this is audited)"
+    )
+    lookup.add_argument("kind", help="patient, encounter, instance, ...")
+    lookup.add_argument("dir", nargs="?", type=Path, help="audit folder (default: settings)")
+    lookup.add_argument("--actor", help="who looks it up (default: $USER)")
+    lookup.set_defaults(func=cmd_pseudonym)
 
 
 def _audit_dir(args: argparse.Namespace, settings: Settings) -> Path:
@@ -119,14 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"audit folder {directory} does not exist")
     provider = key_provider_from_settings(settings, purpose="audit")
     # The export is recorded (durably) before a single record leaves the trail.
-    writer = AuditWriter(directory, provider, stream=CLI_STREAM,
-                         segment_max_bytes=settings.audit_segment_max_bytes,
-                         segment_max_age_s=settings.audit_segment_max_age_s)  # fmt: skip
-    writer.start()
-    try:
-        writer.append_sync(_export_event(_actor(args)))
-    finally:
-        writer.close()
+    _audited(settings, directory, _actor(args), EXPORT_ROUTE).close()
 
     out = sys.stdout
     exported = 0
@@ -149,7 +152,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_event(actor: str) -> AuditEvent:
+def cmd_pseudonym(args: argparse.Namespace) -> int:
+    """Audit the lookup, then print the pseudonym of the identifier on stdin."""
+    settings = load_settings()
+    directory = _audit_dir(args, settings)
+    if not directory.is_dir():
+        raise ConfigurationError(f"audit folder {directory} does not exist")
+    identifier = sys.stdin.readline().strip()
+    if not identifier:
+        raise ConfigurationError("give the identifier on standard input")
+    writer = _audited(settings, directory, _actor(args), PSEUDONYM_ROUTE)
+    try:
+        print(writer.pseudonym(args.kind, identifier))
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    finally:
+        writer.close()
+    return 0
+
+
+def _audited(settings: Settings, directory: Path, actor: str, route: str) -> AuditWriter:
+    """A started writer on the ``cli`` stream that has durably recorded ``route`` by ``actor``."""
+    provider = key_provider_from_settings(settings, purpose="audit")
+    writer = AuditWriter(directory, provider, stream=CLI_STREAM,
+                         segment_max_bytes=settings.audit_segment_max_bytes,
+                         segment_max_age_s=settings.audit_segment_max_age_s)  # fmt: skip
+    writer.start()
+    try:
+        writer.append_sync(_cli_event(actor, route))
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def _cli_event(actor: str, route: str) -> AuditEvent:
     return AuditEvent(
         time=utc_iso(time.time()),
         request_id=uuid.uuid4().hex,
@@ -157,7 +194,7 @@ def _export_event(actor: str) -> AuditEvent:
         subject=actor,
         client=socket.gethostname()[:64] or "local",
         method="CLI",
-        route=EXPORT_ROUTE,
+        route=route,
         model=None,
         version=None,
         outcome="ok",

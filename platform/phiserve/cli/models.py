@@ -7,8 +7,10 @@ from pathlib import Path
 
 from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
-from phiserve.errors import PhiserveError
+from phiserve.errors import IntegrityError, PhiserveError
+from phiserve.export import render_markdown
 from phiserve.repository.build import build_models
+from phiserve.repository.manifest import Manifest
 from phiserve.repository.store import ModelRepository
 
 
@@ -46,7 +48,8 @@ def list_cmd(args: argparse.Namespace) -> int:
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
-    """Decrypt each version in memory and check MAC, AAD and digest; exit 1 on any failure."""
+    """Decrypt each version in memory and check MAC, AAD, digest and the rendered model card;
+    exit 1 on any failure."""
     settings = load_settings()
     repo = ModelRepository(settings.repository_dir)
     provider = key_provider_from_settings(settings)
@@ -55,6 +58,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
     for name, version in entries:
         try:
             artifact = repo.load(name, version, provider)
+            _check_card(repo, artifact.manifest)
         except PhiserveError as exc:
             failed += 1
             print(f"FAIL {exc.message}")
@@ -62,3 +66,18 @@ def verify_cmd(args: argparse.Namespace) -> int:
             print(f"ok   {name} version {version} sha256 {artifact.manifest.sha256[:16]}…")
     print(f"{len(entries) - failed} of {len(entries)} versions verified")
     return 1 if failed or not entries else 0
+
+
+def _check_card(repo: ModelRepository, manifest: Manifest) -> None:
+    """MODEL_CARD.md is what people read: it must be the authenticated card, rendered."""
+    path = repo.card_path(manifest.name, manifest.version)
+    where = f"model {manifest.name!r} version {manifest.version}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{where}: {path.name} unreadable ({type(exc).__name__})") from None
+    if text != render_markdown(manifest.card):
+        raise IntegrityError(
+            f"{where}: {path.name} differs from the card in the authenticated manifest "
+            "(edited after publishing: restore the published file)"
+        )

@@ -49,3 +49,5 @@ class ExportedModel:
     card: dict[str, Any]
     # Per-model serving hints recorded in the manifest (e.g. {"max_batch_size": 8}).
     serving: dict[str, Any] = field(default_factory=dict)
+    # Blocks for the concerns around the model, by concern (see Manifest.extensions).
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -11,45 +11,21 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from phiserve.errors import BadRequest, PayloadTooLarge
-from phiserve.protocol.datatypes import V2_TO_NUMPY, v2_datatype
+from phiserve.http.io import parse_json_object
+from phiserve.model.datatypes import V2_TO_NUMPY, v2_datatype
+from phiserve.model.types import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    RequestInput,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-@dataclass(slots=True)
-class RequestInput:
-    """One decoded input tensor."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-    array: np.ndarray
-
-
-@dataclass(slots=True)
-class RequestedOutput:
-    """An output the client asked for, and whether it wants it as binary data."""
-
-    name: str
-    binary: bool
-
-
-@dataclass(slots=True)
-class InferenceRequest:
-    """A decoded V2 inference request."""
-
-    id: str | None
-    inputs: list[RequestInput]
-    outputs: list[RequestedOutput] | None
-    # Default for outputs not listed: the request-level ``binary_data_output`` parameter.
-    binary_output: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def _element_count(name: str, shape: Any) -> int:
@@ -140,12 +116,7 @@ def decode_request(body: bytes, header_length: int | None, max_bytes: int) -> In
         header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header_bytes, binary = body, memoryview(b"")
-    try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise BadRequest("request body must be a JSON object")
+    header = parse_json_object(header_bytes, "request body")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("'inputs' must be a non-empty list")
@@ -242,31 +213,33 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return flat.tolist()
 
 
-def encode_response(
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    outputs: list[tuple[str, np.ndarray, bool]],
-) -> tuple[bytes, int | None]:
-    """Encode outputs ``(name, array, binary)``; returns body and JSON header length (if binary)."""
+def encode_response(response: InferenceResponse) -> tuple[bytes, int | None]:
+    """Encode a response; returns the body and the JSON header's length (if any output is
+    binary, for ``Inference-Header-Content-Length``)."""
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, array, binary in outputs:
+    for output in response.outputs:
+        array = output.array
         entry: dict[str, Any] = {
-            "name": name,
+            "name": output.name,
             "datatype": v2_datatype(array),
             "shape": list(array.shape),
         }
-        if binary:
+        if output.binary:
             blob = _binary_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
             entry["data"] = _json_data(array)
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        doc["id"] = request_id
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": str(response.model_version),
+    }
+    if response.id is not None:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
     doc["outputs"] = entries
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:

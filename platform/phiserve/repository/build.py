@@ -8,6 +8,7 @@ from phiserve.crypto.base import KeyProvider
 from phiserve.errors import ConfigurationError
 from phiserve.export import ExportedModel, load_export
 from phiserve.repository.manifest import Manifest
+from phiserve.repository.publish import publish
 from phiserve.repository.store import ModelRepository
 
 
@@ -46,5 +47,5 @@ def build_models(
             continue
         if only_missing and repository.versions(name):
             continue
-        published.append(repository.publish(run_export(script), provider))
+        published.append(publish(repository, run_export(script), provider))
     return published

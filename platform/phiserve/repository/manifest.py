@@ -70,12 +70,21 @@ class Manifest(BaseModel):
     metrics: dict[str, Any]
     card: dict[str, Any]
     serving: dict[str, Any] = Field(default_factory=dict)
+    # What the export declares for the concerns around the model, by concern (for instance
+    # "fhir" for the FHIR-to-feature mapping, "explanation", "deferral", "dicom", "monitoring").
+    # Each concern validates its own block when it attaches to the model; all are authenticated.
+    extensions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encryption: dict[str, str]
     mac: str = ""
 
     def canonical_bytes(self) -> bytes:
-        """The bytes the MAC covers: every field but ``mac``, in a canonical JSON form."""
+        """The bytes the MAC covers: every field but ``mac``, in a canonical JSON form.
+
+        An empty ``extensions`` is left out, so manifests published before it existed verify.
+        """
         data = self.model_dump(mode="json", exclude={"mac"})
+        if not data["extensions"]:
+            del data["extensions"]
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def signed(self, data_key: bytes) -> Manifest:

@@ -1,7 +1,9 @@
 """The encrypted model repository: ``<root>/<model>/<version>/{manifest.json, model.onnx.enc}``.
 
-Publishing encrypts in memory and writes only ciphertext; loading decrypts in memory and returns
-bytes for onnxruntime. Every check that can fail names the model, the version and the cause.
+This is the serving side: listing, reading manifests, decrypting in memory (bytes for the
+runtime, nothing plaintext on disk) and re-wrapping data keys. Every check that can fail names the
+model, the version and the cause. Publishing (export time) lives in
+:mod:`phiserve.repository.publish`, so the server never imports ONNX or export code.
 """
 
 from __future__ import annotations
@@ -9,32 +11,22 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import re
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 from pydantic import ValidationError
 
 from phiserve.crypto.base import KeyProvider
-from phiserve.crypto.envelope import EnvelopeHeader, open_with_key, seal
+from phiserve.crypto.envelope import EnvelopeHeader, open_with_key
 from phiserve.errors import IntegrityError, KeyProviderError, ModelLoadError, NotFound
-from phiserve.export import ExportedModel, complete_card, render_markdown
 from phiserve.repository.manifest import (
     CARD_FILE,
     MANIFEST_FILE,
-    ONNX_TO_V2,
     Manifest,
-    TensorSpec,
     artifact_aad,
     key_context,
 )
-
-_NAME_OK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -43,36 +35,6 @@ class LoadedArtifact:
 
     manifest: Manifest
     onnx_bytes: bytes
-
-
-def validate_model_name(name: str) -> str:
-    """Model names are path segments and metric labels: keep them short and plain."""
-    if not _NAME_OK.match(name):
-        raise NotFound(f"invalid model name {name!r}: use lowercase letters, digits, '.', '_', '-'")
-    return name
-
-
-def signature_of(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec], bool]:
-    """Inputs, outputs and whether every input has a variable leading (batch) axis."""
-    graph = onnx.load_model_from_string(onnx_bytes).graph
-    initializers = {init.name for init in graph.initializer}
-
-    def specs(values: list) -> list[TensorSpec]:
-        out = []
-        for value in values:
-            tensor = value.type.tensor_type
-            if tensor.elem_type not in ONNX_TO_V2:
-                raise ModelLoadError(f"tensor {value.name!r} has unsupported element type")
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-            out.append(
-                TensorSpec(name=value.name, datatype=ONNX_TO_V2[tensor.elem_type], shape=dims)
-            )
-        return out
-
-    inputs = specs([v for v in graph.input if v.name not in initializers])
-    outputs = specs(list(graph.output))
-    batchable = all(spec.shape and spec.shape[0] == -1 for spec in inputs + outputs)
-    return inputs, outputs, batchable
 
 
 class ModelRepository:
@@ -108,6 +70,10 @@ class ModelRepository:
             for version in self.versions(name):
                 yield name, version
 
+    def card_path(self, name: str, version: int) -> Path:
+        """``MODEL_CARD.md`` of a version: rendered from its manifest's card when published."""
+        return self.root / name / str(version) / CARD_FILE
+
     def read_manifest(self, name: str, version: int) -> Manifest:
         """The manifest as stored, not yet authenticated."""
         path = self.root / name / str(version) / MANIFEST_FILE
@@ -122,56 +88,6 @@ class ModelRepository:
             raise ModelLoadError(
                 f"model {name!r} version {version}: manifest is invalid (fields: {', '.join(fields)})"
             ) from None
-
-    # --- publishing ------------------------------------------------------------------------
-    def publish(
-        self, exported: ExportedModel, provider: KeyProvider, version: int | None = None
-    ) -> Manifest:
-        """Encrypt ``exported`` and publish it as ``version`` (default: latest + 1)."""
-        name = validate_model_name(exported.name)
-        if not exported.parity.get("passed"):
-            raise ModelLoadError(f"model {name!r}: export parity check did not pass; not published")
-        existing = self.versions(name)
-        version = version or (existing[-1] + 1 if existing else 1)
-        if version in existing:
-            raise ModelLoadError(f"model {name!r} version {version} already exists")
-        inputs, outputs, batchable = signature_of(exported.onnx_bytes)
-        digest = hashlib.sha256(exported.onnx_bytes).hexdigest()
-        header, ciphertext, data_key = seal(
-            provider,
-            exported.onnx_bytes,
-            artifact_aad(name, version, digest),
-            key_context(name, version),
-        )
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        card = complete_card(exported.card, version=version, sha256=digest, date=created)
-        manifest = Manifest(
-            name=name,
-            version=version,
-            inputs=inputs,
-            outputs=outputs,
-            max_batch_size=int(exported.serving.get("max_batch_size", 64)) if batchable else 0,
-            sha256=digest,
-            size_bytes=len(exported.onnx_bytes),
-            created=created,
-            parity=exported.parity,
-            metrics=exported.metrics,
-            card=card,
-            serving=exported.serving,
-            encryption=header.to_json(),
-        ).signed(data_key)
-
-        # Build the version in a sibling temp folder and rename it in: readers never see half.
-        (self.root / name).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.root / name))
-        try:
-            _write_file(staging / manifest.artifact, ciphertext)
-            _write_file(staging / MANIFEST_FILE, manifest.to_json().encode())
-            _write_file(staging / CARD_FILE, render_markdown(manifest.card).encode())
-            os.replace(staging, self.root / name / str(version))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return manifest
 
     # --- loading ---------------------------------------------------------------------------
     def load(
@@ -242,12 +158,12 @@ class ModelRepository:
             updated = manifest.model_copy(update={"encryption": new_header.to_json()}).signed(
                 data_key
             )
-            _write_file(self.root / name / str(version) / MANIFEST_FILE, updated.to_json().encode())
+            write_file(self.root / name / str(version) / MANIFEST_FILE, updated.to_json().encode())
             count += 1
         return count
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     """Write atomically and durably: temp file, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,7 +22,9 @@ import numpy as np
 from phiserve import telemetry
 from phiserve.config import BatchingSettings
 from phiserve.errors import Overloaded
-from phiserve.runtime.onnx import OnnxModel
+
+# Runs one (possibly concatenated) batch on a worker thread: named inputs in, named outputs out.
+RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(slots=True)
@@ -45,22 +48,30 @@ class _Item:
 
 
 class Batcher:
-    """Queue, batch and run requests for one model version."""
+    """Queue, batch and run requests for one model version.
 
-    def __init__(self, model: OnnxModel, settings: BatchingSettings) -> None:
-        self.model = model
-        self._name, self._version = model.manifest.name, model.manifest.version
-        batchable = settings.enabled and model.manifest.max_batch_size > 0
-        self.max_batch_size = (
-            min(settings.max_batch_size, model.manifest.max_batch_size) if batchable else 1
-        )
+    ``model_max_batch_size`` is the manifest's (0: the model has no batch axis); ``settings``
+    may lower it or turn batching off.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        version: int,
+        model_max_batch_size: int,
+        settings: BatchingSettings,
+    ) -> None:
+        self._run_model = run
+        self._name, self._version = name, version
+        batchable = settings.enabled and model_max_batch_size > 0
+        self.max_batch_size = min(settings.max_batch_size, model_max_batch_size) if batchable else 1
         self.max_delay_s = settings.max_queue_delay_ms / 1000 if batchable else 0.0
         self.max_queue = settings.max_queue_size
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"ort-{model.manifest.name}"
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -81,9 +92,7 @@ class Batcher:
     async def submit(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timings]:
         """Queue one request; returns its outputs and timings. Raises :class:`Overloaded`."""
         if len(self._queue) >= self.max_queue:
-            raise Overloaded(
-                f"model {self.model.manifest.name!r} queue is full ({self.max_queue} waiting)"
-            )
+            raise Overloaded(f"model {self._name!r} queue is full ({self.max_queue} waiting)")
         first = next(iter(feeds.values()))
         item = _Item(
             feeds=feeds,
@@ -159,10 +168,10 @@ class Batcher:
     def _run(self, batch: list[_Item]) -> list[dict[str, np.ndarray]]:
         """Runs on the worker thread: concatenate, infer, split."""
         if len(batch) == 1:
-            return [self.model.run(batch[0].feeds)]
+            return [self._run_model(batch[0].feeds)]
         names = batch[0].feeds.keys()
         feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in names}
-        outputs = self.model.run(feeds)
+        outputs = self._run_model(feeds)
         bounds = np.cumsum([item.rows for item in batch])[:-1]
         split = {name: np.split(value, bounds) for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(batch))]

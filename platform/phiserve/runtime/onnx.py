@@ -1,20 +1,29 @@
-"""onnxruntime sessions built from in-memory bytes, on the configured execution provider."""
+"""The onnxruntime runtime: a :class:`~phiserve.model.Model` whose session is built from bytes.
+
+The session lives only in memory (onnxruntime loads from the decrypted bytes; nothing plaintext
+touches disk), on the configured execution provider, behind a dynamic batcher.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from phiserve.config import ExecutionProvider
-from phiserve.errors import ConfigurationError, ModelLoadError
-from phiserve.protocol.datatypes import V2_TO_NUMPY
+from phiserve import telemetry
+from phiserve.config import BatchingSettings, ExecutionProvider
+from phiserve.errors import ConfigurationError, ModelLoadError, NotReady
+from phiserve.model import Model, ModelHook, Prediction
+from phiserve.model.datatypes import V2_TO_NUMPY
 from phiserve.repository.manifest import Manifest
+from phiserve.runtime.batching import Batcher
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "onnxruntime_onnx"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -34,7 +43,7 @@ def choose_providers(requested: ExecutionProvider) -> list[str]:
     return [CPU]
 
 
-class OnnxModel:
+class OnnxSession:
     """One model version in an onnxruntime session; ``run`` is thread-safe."""
 
     def __init__(
@@ -89,3 +98,72 @@ class OnnxModel:
             else:
                 feeds[spec.name] = np.zeros(shape, dtype=V2_TO_NUMPY[spec.datatype])
         self.run(feeds)
+
+
+class OnnxModel(Model):
+    """An ONNX model version served by onnxruntime behind a dynamic batcher."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        hooks: Sequence[ModelHook] = (),
+        *,
+        execution_provider: ExecutionProvider = "auto",
+        intra_op_threads: int = 0,
+        batching: BatchingSettings | None = None,
+    ) -> None:
+        super().__init__(manifest, hooks)
+        self.execution_provider: ExecutionProvider = execution_provider
+        self.intra_op_threads = intra_op_threads
+        self.batching = batching or BatchingSettings()
+        self.session: OnnxSession | None = None
+        self.batcher: Batcher | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The batcher's limit (the manifest's, lowered by settings)."""
+        return self.batcher.max_batch_size if self.batcher else 1
+
+    @property
+    def device(self) -> str:
+        """The execution provider the session really uses."""
+        return self.session.provider if self.session else "unloaded"
+
+    async def load(self, artifact: bytes) -> None:
+        """Build and warm the session off the event loop, then start the batcher on it."""
+        session = await asyncio.to_thread(self._build_session, artifact)
+        m = self.manifest
+        self.batcher = Batcher(
+            session.run,
+            name=m.name,
+            version=m.version,
+            model_max_batch_size=m.max_batch_size,
+            settings=self.batching,
+        )
+        self.session = session
+        self.batcher.start()
+        self.ready = True
+
+    def _build_session(self, artifact: bytes) -> OnnxSession:
+        session = OnnxSession(
+            self.manifest,
+            artifact,
+            execution_provider=self.execution_provider,
+            intra_op_threads=self.intra_op_threads,
+        )
+        session.warm_up()
+        return session
+
+    async def unload(self) -> None:
+        """Let queued requests finish, then stop the batcher."""
+        self.ready = False
+        if self.batcher:
+            await self.batcher.stop()
+
+    async def predict(self, inputs: Mapping[str, np.ndarray]) -> Prediction:
+        """Queue the inputs for the next batch; records queue wait and inference telemetry."""
+        if self.batcher is None or self.session is None:
+            raise NotReady(f"model {self.name!r} version {self.version} is not loaded")
+        outputs, timings = await self.batcher.submit(dict(inputs))
+        telemetry.record_inference(self.name, self.version, timings, self.session.provider)
+        return Prediction(outputs, timings.batch_size)

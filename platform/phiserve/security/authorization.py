@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from phiserve.context import Route, RouteKind
+from phiserve.http.routing import Route, RouteKind
 from phiserve.security.errors import InsufficientScope
 from phiserve.security.principal import Principal
 

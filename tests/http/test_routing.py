@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from phiserve.context import RouteKind, match_route
+from phiserve.errors import MethodNotAllowed
+from phiserve.http.routing import RouteKind, RouteSpec, RouteTable
+from tests.routes import match_route
 
 
 @pytest.mark.parametrize(
@@ -51,3 +53,32 @@ def test_route_versions_must_be_ascii_digits() -> None:
         route = match_route("GET", f"/v2/models/m/versions/{raw}")
         assert route.bad_version, raw
         assert route.version is None
+
+
+def test_method_picks_among_routes_of_one_template() -> None:
+    table = RouteTable(
+        [
+            RouteSpec("read", "GET", "/things/{id}", RouteKind.METADATA),
+            RouteSpec("write", "POST", "/things/{id}", RouteKind.INFER),
+        ]
+    )
+    assert table.match("POST", "/things/a").name == "write"
+    get = table.match("GET", "/things/a")
+    assert (get.name, get.param("id"), get.param("other")) == ("read", "a", None)
+    # Another method still matches the path, so the router can answer 405, not 404.
+    assert table.match("DELETE", "/things/a").name == "read"
+    assert table.match("GET", "/things") is None
+    assert table.match("GET", "/things//") is None
+
+
+def test_a_template_is_declared_once() -> None:
+    spec = RouteSpec("a", "GET", "/a", RouteKind.METADATA)
+    with pytest.raises(ValueError, match="declared twice"):
+        RouteTable([spec, spec])
+    with pytest.raises(ValueError, match="first segment"):
+        RouteTable([RouteSpec("b", "GET", "/{model}", RouteKind.METADATA)])
+
+
+def test_wrong_method_answers_405_through_the_router() -> None:
+    assert MethodNotAllowed.status == 405
+    assert match_route("GET", "/v2/models/m/infer").method == "POST"

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every front end: the route table and body/response helpers."""
