@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -281,7 +282,7 @@ def test_jwks_parsing_skips_unsafe_keys(tmp_path: Path, ec_key, rsa_key, caplog)
     keys = FileKeySet(path)
     keys.refresh(force=True)
     assert len(keys) == 1
-    assert keys.get(good["kid"]).algorithm_name == "ES256"
+    assert keys.get(good["kid"]).algorithms == {"ES256"}
     assert not any(keys.get(kid) for kid in unsafe)
     for reason in (
         "symmetric keys are never accepted",
@@ -296,7 +297,7 @@ def test_jwks_parsing_skips_unsafe_keys(tmp_path: Path, ec_key, rsa_key, caplog)
 
 
 def test_a_key_verifies_only_its_own_algorithm(tmp_path: Path, rsa_key, make_token) -> None:
-    """A JWK's ``alg`` binds the key; without one, PyJWT's default for its type applies."""
+    """A JWK's ``alg`` binds the key; without one, its type's family applies (RFC 7517)."""
     from phiserve.security.devkeys import public_jwk
 
     path = tmp_path / "jwks.json"
@@ -305,12 +306,21 @@ def test_a_key_verifies_only_its_own_algorithm(tmp_path: Path, rsa_key, make_tok
     write_jwks(path, declared, undeclared)
     keys = FileKeySet(path)
     keys.refresh(force=True)
-    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "RS384"])
+    verifier = TokenVerifier(
+        keys, issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "RS384", "ES256"]
+    )
     assert verifier.verify(make_token(key=rsa_key, alg="RS384", kid="rs384")).subject == "alice"
-    assert verifier.verify(make_token(key=rsa_key, alg="RS256", kid="plain")).subject == "alice"
-    for alg, kid in (("RS256", "rs384"), ("RS384", "plain")):
-        with pytest.raises(sec.AlgorithmNotAllowed):
-            verifier.verify(make_token(key=rsa_key, alg=alg, kid=kid))
+    for alg in ("RS256", "RS384"):
+        assert verifier.verify(make_token(key=rsa_key, alg=alg, kid="plain")).subject == "alice"
+    assert keys.get("plain").algorithms == {"RS256", "RS384", "RS512"}
+    with pytest.raises(sec.AlgorithmNotAllowed):
+        verifier.verify(make_token(key=rsa_key, alg="RS256", kid="rs384"))
+    # The family is the key type's: an RSA key never verifies an EC algorithm.
+    forged = jwt.encode({"sub": "x"}, "secret", algorithm="HS256", headers={"kid": "plain"})
+    header, _, rest = forged.partition(".")
+    es256 = base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"plain"}').rstrip(b"=").decode()
+    with pytest.raises(sec.AlgorithmNotAllowed):
+        verifier.verify(f"{es256}.{rest}")
 
 
 @pytest.mark.parametrize("document", [{"nokeys": []}, {"keys": []}, {"keys": {}}, ["keys"]])

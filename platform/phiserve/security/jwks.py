@@ -31,7 +31,8 @@ import time
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.error import HTTPError
@@ -67,13 +68,32 @@ def _algorithms_of(key: Any) -> frozenset[str]:
     return frozenset()
 
 
-def usable_keys(jwk_set: PyJWKSet, *, source: str) -> dict[str | None, PyJWK]:
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A usable key and the algorithms it may verify: the JWK's own ``alg`` when it declares one,
+    else every algorithm of its key type and curve (``alg`` is optional in RFC 7517, and an RSA
+    key without it signs RS384 for CDS Hooks clients as well as RS256 for IdPs)."""
+
+    jwk: PyJWK
+    algorithms: frozenset[str]
+
+
+def usable_keys(
+    jwk_set: PyJWKSet, document: Mapping[str, Any], *, source: str
+) -> dict[str | None, VerificationKey]:
     """The keys of a parsed set that may verify tokens, by ``kid``; the others are logged.
 
+    ``document`` is the set as decoded JSON (PyJWK does not say whether ``alg`` was declared).
     Raises :class:`jwt.exceptions.PyJWKSetError` when none is left. Keys that PyJWT itself cannot
     parse never reach here (:class:`jwt.PyJWKSet` drops them).
     """
-    keys: dict[str | None, PyJWK] = {}
+    raw = document.get("keys")
+    declared = {
+        k.get("kid"): k.get("alg")
+        for k in (raw if isinstance(raw, list) else ())
+        if isinstance(k, dict) and k.get("alg") is not None
+    }
+    keys: dict[str | None, VerificationKey] = {}
     for index, jwk in enumerate(jwk_set.keys):  # PyJWKSet iterates only from PyJWT 2.11
         kid = jwk.key_id
         # The kid is the IdP's label, not a secret; repr() keeps odd characters out of the log.
@@ -94,7 +114,8 @@ def usable_keys(jwk_set: PyJWKSet, *, source: str) -> dict[str | None, PyJWK]:
         elif kid in keys:
             log.warning("%s skipped: duplicate kid", label)
         else:
-            keys[kid] = jwk
+            algorithms = {declared[kid]} if kid in declared else _algorithms_of(jwk.key)
+            keys[kid] = VerificationKey(jwk, frozenset(algorithms))
     if not keys:
         raise PyJWKSetError("the JWK Set holds no usable signing key")
     return keys
@@ -115,7 +136,7 @@ class KeySet(ABC):
     ) -> None:
         self.min_refresh_interval_s = min_refresh_interval_s
         self._clock = clock
-        self._keys: dict[str | None, PyJWK] = {}
+        self._keys: dict[str | None, VerificationKey] = {}
         self._attempted_at = float("-inf")
         self._lock = threading.Lock()
         # Bumped whenever a refresh drops a key, so token caches can forget what it verified.
@@ -127,15 +148,15 @@ class KeySet(ABC):
         """Where the keys come from, for messages (a path or a URL, never a secret)."""
 
     @abstractmethod
-    def _read(self) -> PyJWKSet:
-        """Read or fetch the set now and parse it; raise on any failure."""
+    def _read(self) -> tuple[PyJWKSet, Mapping[str, Any]]:
+        """Read or fetch the set now: parsed, and as decoded JSON; raise on any failure."""
 
     @abstractmethod
     def _stale(self) -> bool:
         """Whether the set last read is older than its maximum age (or none was read)."""
 
     # --- lookups ------------------------------------------------------------------------------
-    def get(self, kid: str | None) -> PyJWK | None:
+    def get(self, kid: str | None) -> VerificationKey | None:
         """The key with this ``kid``; a token without ``kid`` matches only a single-key set."""
         key = self._keys.get(kid)
         if key is None and kid is None and len(self._keys) == 1:
@@ -164,7 +185,7 @@ class KeySet(ABC):
                 return False
             self._attempted_at = now
             try:
-                keys = usable_keys(self._read(), source=self.source)
+                keys = usable_keys(*self._read(), source=self.source)
             except Exception as exc:
                 # The message may quote server output; the class name is enough to act on.
                 log.warning("JWKS refresh from %s failed: %s", self.source, type(exc).__name__)
@@ -192,14 +213,15 @@ class FileKeySet(KeySet):
         """The file path."""
         return str(self.path)
 
-    def _read(self) -> PyJWKSet:
+    def _read(self) -> tuple[PyJWKSet, Mapping[str, Any]]:
         with self.path.open("rb") as fh:
             data = fh.read(_MAX_JWKS_BYTES + 1)
         if len(data) > _MAX_JWKS_BYTES:
             raise ValueError("JWKS file is larger than 1 MiB")
-        jwk_set = _parse(json.loads(data))
+        document = json.loads(data)
+        jwk_set = _parse(document)
         self._read_at = self._clock()
-        return jwk_set
+        return jwk_set, document
 
     def _stale(self) -> bool:
         return self._clock() - self._read_at > self.max_age_s
@@ -241,6 +263,11 @@ class JwksClient(PyJWKClient):
     constructor, the JWK Set cache and its lifespan, parsing in ``get_jwk_set``.
     """
 
+    def __init__(self, uri: str, **kwargs: Any) -> None:
+        super().__init__(uri, **kwargs)
+        # The set as decoded JSON, for the key policy (PyJWK does not say if alg was declared).
+        self.last_document: dict[str, Any] = {}
+
     def fetch_data(self) -> Any:
         """Fetch and decode the set, store it in the JWK Set cache (as PyJWKClient does)."""
         handlers: list[urllib.request.BaseHandler] = [_HttpsOnlyRedirects()]
@@ -264,6 +291,7 @@ class JwksClient(PyJWKClient):
             raise PyJWKClientError("the JWKS endpoint did not return a JSON object")
         if self.jwk_set_cache is not None:
             self.jwk_set_cache.put(document)
+        self.last_document = document
         return document
 
 
@@ -290,9 +318,10 @@ class UrlKeySet(KeySet):
         host = parts.netloc.rpartition("@")[2]
         return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
-    def _read(self) -> PyJWKSet:
+    def _read(self) -> tuple[PyJWKSet, Mapping[str, Any]]:
         # Called only when a fetch is due (unknown kid or stale): bypass the cache's answer.
-        return self.client.get_jwk_set(refresh=True)
+        jwk_set = self.client.get_jwk_set(refresh=True)
+        return jwk_set, self.client.last_document
 
     def _stale(self) -> bool:
         cache = self.client.jwk_set_cache

@@ -197,13 +197,13 @@ class TokenVerifier:
         key = self.keys.get(kid)
         if key is None:
             raise UnknownKeyId()
-        if alg != key.algorithm_name:
+        if alg not in key.algorithms:
             # e.g. RS256 claimed for an EC key: refused before any crypto runs.
             raise AlgorithmNotAllowed()
         try:
             claims = self._jwt.decode(
                 token,
-                key.key,
+                key.jwk.key,
                 algorithms=[alg],
                 issuer=self.issuer,
                 audience=self.audience,
