@@ -1,0 +1,438 @@
+"""Model monitoring at serving: the hook that observes predictions, the worker that keeps the
+windows, and the collector that puts drift, missing data, decisions and outcomes in /metrics.
+
+The request path pays for a random prediction id and one queue put (a few microseconds in
+:meth:`MonitoringHook.postprocess`); binning, window updates and outcome joins happen on one
+worker thread per process, which is also the only writer of every :class:`Window`. A full
+queue drops the observation (counted in ``phiserve_monitoring_dropped_total``) rather than
+slow a request down or grow without bound.
+
+What the hook reads: the monitored input tensor (columns of a tabular input, or an image batch
+summarised by :func:`~phiserve.monitoring.reference.image_statistics`, unless a front end already
+passed them as ``annotations["image_stats"]``: a mapping of the names in
+:data:`~phiserve.monitoring.reference.IMAGE_STATISTICS` to a float or one float per row), which
+features a front end could not fill (``annotations["missing"]``: feature names, or a boolean
+mask ``[features]`` / ``[rows, features]``; NaN inputs count as missing too), the score output
+and ``response.parameters["decision"]`` when a hook before it (deferral) set one. It adds
+``response.parameters["prediction_id"]``; a request of several rows issues ``<id>.<row>`` for
+each row (``<id>`` alone for one row).
+
+Metric labels are model, version (bounded by :data:`phiserve.telemetry.METRICS`), feature names
+from the authenticated manifest, decision words (at most 16 per version, then ``other``) and
+calibration bins; never a value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import re
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import ValidationError
+
+from phiserve import telemetry
+from phiserve.config import Settings
+from phiserve.errors import ModelLoadError, NotFound
+from phiserve.model import InferenceRequest, InferenceResponse, Model, ModelHook, RequestedOutput
+from phiserve.monitoring.reference import (
+    BLOCK,
+    IMAGE_STATISTICS,
+    MonitoringBlock,
+    image_statistics,
+    scores_of,
+)
+from phiserve.monitoring.window import CALIBRATION_BINS, OutcomeResult, Window
+from phiserve.repository.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# Annotation the hook sets on requests whose client did not ask for the score output: the hook
+# asks for it (to observe the score) and takes it out of the response again.
+_ADDED_SCORE: Final = "monitoring.added_score_output"
+SCORE_FEATURE: Final = "_score"
+_DECISION_OK: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_DRAIN: Final = 64  # observations per worker step: short GIL holds, amortised numpy calls
+CALIBRATION_LABELS: Final = tuple(
+    f"{b / CALIBRATION_BINS:.1f}-{(b + 1) / CALIBRATION_BINS:.1f}" for b in range(CALIBRATION_BINS)
+)
+
+
+@dataclass(slots=True)
+class _Observation:
+    window: Window
+    inputs: np.ndarray | None
+    output: np.ndarray | None
+    decision: Any
+    prediction_id: str
+    missing: Any
+    image_stats: Any
+
+
+@dataclass(slots=True)
+class _Outcome:
+    window: Window
+    prediction_id: str
+    label: int
+    future: concurrent.futures.Future[OutcomeResult]
+
+
+class MonitoringHook(ModelHook):
+    """Observes every prediction of one model version and issues its prediction id."""
+
+    def __init__(self, monitor: Monitor, window: Window) -> None:
+        self.monitor = monitor
+        self.window = window
+        self.score_output = window.block.score.output
+        self.input = window.block.input
+
+    def preprocess(self, model: Model, request: InferenceRequest) -> InferenceRequest:
+        """Make sure the score output is computed even when the client asked for others."""
+        wanted = request.outputs
+        if wanted is not None and all(o.name != self.score_output for o in wanted):
+            request.outputs = [*wanted, RequestedOutput(self.score_output, False)]
+            request.annotations[_ADDED_SCORE] = True
+        return request
+
+    def postprocess(
+        self, model: Model, request: InferenceRequest, response: InferenceResponse
+    ) -> InferenceResponse:
+        """Enqueue the observation, hand out the prediction id."""
+        output = next((o.array for o in response.outputs if o.name == self.score_output), None)
+        if request.annotations.get(_ADDED_SCORE):
+            response.outputs = [o for o in response.outputs if o.name != self.score_output]
+        prediction_id = secrets.token_hex(12)
+        self.monitor.submit(
+            _Observation(
+                self.window,
+                next((i.array for i in request.inputs if i.name == self.input), None),
+                output,
+                response.parameters.get("decision"),
+                prediction_id,
+                request.annotations.get("missing"),
+                request.annotations.get("image_stats"),
+            )
+        )
+        response.parameters["prediction_id"] = prediction_id
+        return response
+
+
+class Monitor:
+    """The windows of every monitored model version, their worker thread and their metrics."""
+
+    def __init__(
+        self,
+        *,
+        window_size: int = 2000,
+        min_rows: int = 100,
+        psi_threshold: float = 0.25,
+        max_predictions: int = 100_000,
+        prediction_ttl_s: float = 7 * 86400,
+        outcome_window: int = 1000,
+        queue_max: int = 10_000,
+    ) -> None:
+        self.window_size = window_size
+        self.min_rows = min_rows
+        self.psi_threshold = psi_threshold
+        self.max_predictions = max_predictions
+        self.prediction_ttl_s = prediction_ttl_s
+        self.outcome_window = outcome_window
+        self.queue_max = queue_max
+        self.windows: dict[tuple[str, int], Window] = {}
+        # The data plane's dependencies (e.g. the audit trail), exposed for the alert rules.
+        self.health_checks: Mapping[str, Callable[[], bool]] = {}
+        self.dropped = 0  # only the event loop counts drops
+        self._queue: queue.SimpleQueue[_Observation | _Outcome | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Monitor:
+        """A monitor sized by the PHISERVE_MONITORING_* settings."""
+        return cls(
+            window_size=settings.monitoring_window,
+            min_rows=settings.monitoring_min_rows,
+            psi_threshold=settings.monitoring_psi_threshold,
+            max_predictions=settings.monitoring_max_predictions,
+            prediction_ttl_s=settings.monitoring_outcome_ttl_s,
+            outcome_window=settings.monitoring_outcome_window,
+            queue_max=settings.monitoring_queue_max,
+        )
+
+    # --- attaching to model versions --------------------------------------------------------------
+    def hook_factory(self, manifest: Manifest) -> ModelHook | None:
+        """The registry's hook factory: a hook for versions whose manifest has a monitoring
+        block; a bad block fails the version's load with a cause naming the field."""
+        raw = manifest.extensions.get(BLOCK)
+        if raw is None:
+            return None
+        where = f"model {manifest.name!r} version {manifest.version}: monitoring block"
+        try:
+            block = MonitoringBlock.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(block)"
+            raise ModelLoadError(f"{where}: {field}: {err['msg']}") from None
+        inputs = {spec.name: spec for spec in manifest.inputs}
+        if block.input not in inputs:
+            raise ModelLoadError(f"{where}: input: the model has no input {block.input!r}")
+        if block.score.output not in {spec.name for spec in manifest.outputs}:
+            raise ModelLoadError(f"{where}: score.output: the model has no such output")
+        width = inputs[block.input].shape[-1]
+        if block.kind == "tabular" and width not in (-1, len(block.features)):
+            raise ModelLoadError(f"{where}: features: {len(block.features)} for {width} columns")
+        window = Window(
+            block,
+            size=self.window_size,
+            min_rows=self.min_rows,
+            psi_threshold=self.psi_threshold,
+            max_predictions=self.max_predictions,
+            prediction_ttl_s=self.prediction_ttl_s,
+            outcome_window=self.outcome_window,
+        )
+        self.windows[(manifest.name, manifest.version)] = window
+        return MonitoringHook(self, window)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker and expose the metrics (in the serving process)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="monitoring", daemon=True)
+            self._thread.start()
+            telemetry.METRICS.registry.register(self)
+
+    def stop(self) -> None:
+        """Finish what is queued, stop the worker, withdraw the metrics."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+            telemetry.METRICS.registry.unregister(self)
+
+    # --- the request path ---------------------------------------------------------------------------
+    def submit(self, observation: _Observation) -> None:
+        """Queue one observation; drop it (counted) when the worker is that far behind."""
+        if self._queue.qsize() >= self.queue_max:
+            self.dropped += 1
+            return
+        self._queue.put(observation)
+
+    async def record_outcome(
+        self, model: str, version: int, prediction_id: str, label: int
+    ) -> OutcomeResult:
+        """Join a label to a prediction of ``model`` ``version``, after every prediction queued
+        before it (so an id the client just received is known)."""
+        window = self.windows.get((model, version))
+        if window is None:
+            raise NotFound(f"model {model!r} version {version} is not monitored")
+        future: concurrent.futures.Future[OutcomeResult] = concurrent.futures.Future()
+        self._queue.put(_Outcome(window, prediction_id, label, future))
+        return await asyncio.wrap_future(future)
+
+    # --- the worker -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < _DRAIN:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._apply(items)
+            except Exception as exc:  # a bug: keep monitoring alive; never log values
+                log.error(
+                    "monitoring worker: %s\n%s",
+                    type(exc).__name__,
+                    "".join(traceback.format_tb(exc.__traceback__)),
+                )
+            if None in items:
+                return
+
+    def _apply(self, items: list[_Observation | _Outcome | None]) -> None:
+        now = time.monotonic()
+        for item in items:
+            if isinstance(item, _Observation):
+                _observe(item, now)
+            elif isinstance(item, _Outcome) and not item.future.done():
+                result = item.window.record_outcome(item.prediction_id, item.label, now)
+                item.future.set_result(result)
+
+    # --- exposition -------------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for /metrics (at scrape time)."""
+        mv, mvf = ["model", "version"], ["model", "version", "feature"]
+        psi = GaugeMetricFamily(
+            "phiserve_drift_psi",
+            "Population stability index of the window against the training deciles, per "
+            'feature (feature="_score": the model\'s score).',
+            labels=mvf,
+        )
+        alert = GaugeMetricFamily(
+            "phiserve_drift_alert", "1 when the PSI exceeds the drift threshold.", labels=mvf
+        )
+        threshold = GaugeMetricFamily(
+            "phiserve_drift_psi_threshold", "PSI above which drift alerts fire.", labels=mv
+        )
+        missing = GaugeMetricFamily(
+            "phiserve_feature_missing_ratio",
+            "Share of window rows missing the feature.",
+            labels=mvf,
+        )
+        missing_ref = GaugeMetricFamily(
+            "phiserve_feature_missing_reference_ratio",
+            "Share of training rows missing the feature.",
+            labels=mvf,
+        )
+        rows = GaugeMetricFamily(
+            "phiserve_monitoring_window_rows", "Predictions in the drift window.", labels=mv
+        )
+        decisions = CounterMetricFamily(
+            "phiserve_predictions",
+            "Predictions (rows) by decision: a hook's (e.g. defer) or positive/negative at the "
+            "score threshold.",
+            labels=[*mv, "decision"],
+        )
+        outcomes = CounterMetricFamily(
+            "phiserve_outcomes", "Ground-truth labels joined to predictions.", labels=mv
+        )
+        labelled = GaugeMetricFamily(
+            "phiserve_outcome_window_labels",
+            "Labelled predictions in the outcome window.",
+            labels=mv,
+        )
+        accuracy = GaugeMetricFamily(
+            "phiserve_outcome_accuracy",
+            "Accuracy at the score threshold over the outcome window.",
+            labels=mv,
+        )
+        brier = GaugeMetricFamily(
+            "phiserve_outcome_brier_score", "Brier score over the outcome window.", labels=mv
+        )
+        cal = [*mv, "bin"]
+        cal_count = GaugeMetricFamily(
+            "phiserve_calibration_count", "Labelled predictions per score bin.", labels=cal
+        )
+        cal_predicted = GaugeMetricFamily(
+            "phiserve_calibration_predicted_mean", "Mean score per score bin.", labels=cal
+        )
+        cal_observed = GaugeMetricFamily(
+            "phiserve_calibration_observed_ratio", "Share of positive labels per bin.", labels=cal
+        )
+        for (name, version), window in list(self.windows.items()):
+            key = list(telemetry.METRICS.labels(name, version))
+            drift = window.drift()
+            threshold.add_metric(key, window.psi_threshold)
+            rows.add_metric(key, drift.rows)
+            series = [*drift.feature_psi.items(), (SCORE_FEATURE, drift.score_psi)]
+            for feature, value in series:
+                if value is not None:
+                    psi.add_metric([*key, feature], value)
+                    alert.add_metric([*key, feature], float(value > window.psi_threshold))
+            for feature in window.block.features:
+                missing.add_metric([*key, feature.name], drift.missing_rate[feature.name])
+                missing_ref.add_metric([*key, feature.name], feature.missing_rate)
+            for decision, count in list(window.decisions.items()):
+                decisions.add_metric([*key, decision], count)
+            outcomes.add_metric(key, window.outcomes_total)
+            result = window.outcomes()
+            labelled.add_metric(key, result.labelled)
+            if result.accuracy is not None and result.brier is not None:
+                accuracy.add_metric(key, result.accuracy)
+                brier.add_metric(key, result.brier)
+            for label, (count, predicted, observed) in zip(
+                CALIBRATION_LABELS, result.calibration, strict=True
+            ):
+                cal_count.add_metric([*key, label], count)
+                if predicted is not None and observed is not None:
+                    cal_predicted.add_metric([*key, label], predicted)
+                    cal_observed.add_metric([*key, label], observed)
+        yield from (psi, alert, threshold, missing, missing_ref, rows, decisions, outcomes)
+        yield from (labelled, accuracy, brier, cal_count, cal_predicted, cal_observed)
+        up = GaugeMetricFamily(
+            "phiserve_dependency_up",
+            "1 while a dependency the server needs to be ready works (e.g. the audit trail).",
+            labels=["dependency"],
+        )
+        for dependency, check in list(self.health_checks.items()):
+            up.add_metric([dependency], float(check()))
+        yield up
+        yield CounterMetricFamily(
+            "phiserve_monitoring_dropped",
+            "Observations dropped because the monitoring worker was behind.",
+            value=self.dropped,
+        )
+
+
+# --- turning one observation into window rows (the worker) -------------------------------------------
+def _observe(obs: _Observation, now: float) -> None:
+    window = obs.window
+    block = window.block
+    if obs.output is None or obs.inputs is None:
+        return
+    scores = scores_of(block.score, obs.output)
+    rows = len(scores)
+    n = len(block.features)
+    if block.kind == "image":
+        features = _image_stats(obs.image_stats, rows)
+        if features is None:
+            features = image_statistics(obs.inputs)
+        missing = np.zeros((rows, n), dtype=bool)
+    else:
+        features = np.asarray(obs.inputs, dtype=np.float64).reshape(rows, n)
+        missing = _missing_mask(obs.missing, block.feature_names, rows)
+    threshold = block.score.threshold
+    decisions = _decisions(obs.decision, scores >= threshold)
+    ids = [obs.prediction_id] if rows == 1 else [f"{obs.prediction_id}.{i}" for i in range(rows)]
+    window.add(features, missing, scores, decisions, ids, now)
+
+
+def _image_stats(stats: Any, rows: int) -> np.ndarray | None:
+    """A front end's ``image_stats`` annotation as ``[rows, statistics]``; None if absent or
+    malformed (then the hook computes them from the tensor)."""
+    if not isinstance(stats, dict) or not set(IMAGE_STATISTICS) <= stats.keys():
+        return None
+    try:
+        columns = [
+            np.broadcast_to(np.asarray(stats[k], np.float64), (rows,)) for k in IMAGE_STATISTICS
+        ]
+    except (TypeError, ValueError):
+        return None
+    return np.column_stack(columns)
+
+
+def _missing_mask(missing: Any, names: tuple[str, ...], rows: int) -> np.ndarray:
+    """``annotations["missing"]`` as a ``[rows, features]`` mask (NaNs are added by the window)."""
+    mask = np.zeros((rows, len(names)), dtype=bool)
+    if missing is None:
+        return mask
+    if isinstance(missing, set | frozenset | list | tuple) and all(
+        isinstance(m, str) for m in missing
+    ):
+        wanted = set(missing)
+        mask[:, [j for j, name in enumerate(names) if name in wanted]] = True
+        return mask
+    try:
+        return mask | np.broadcast_to(np.asarray(missing, dtype=bool), mask.shape)
+    except ValueError:
+        return mask
+
+
+def _decisions(decision: Any, positive: np.ndarray) -> list[str]:
+    """One bounded decision word per row: the hook's, else positive/negative at the threshold."""
+    rows = len(positive)
+    if isinstance(decision, str):
+        word = decision if _DECISION_OK.match(decision) else "other"
+        return [word] * rows
+    if isinstance(decision, list | tuple) and len(decision) == rows:
+        return [d if isinstance(d, str) and _DECISION_OK.match(d) else "other" for d in decision]
+    return ["positive" if p else "negative" for p in positive.tolist()]
