@@ -90,3 +90,26 @@ def registry_for(settings: Settings, hooks: tuple) -> ModelRegistry:
         runtimes(settings),
         hooks=hooks,
     )
+
+
+def monitoring_sample_names() -> set[str]:
+    """Every sample name the monitor exposes once a window has rows, decisions and outcomes."""
+    from phiserve.monitoring import Monitor, MonitoringBlock
+    from phiserve.monitoring.window import Window
+
+    monitor = Monitor()
+    window = Window(
+        MonitoringBlock.model_validate(toy_block()),
+        size=100,
+        min_rows=1,
+        psi_threshold=0.25,
+        max_predictions=100,
+        prediction_ttl_s=60,
+        outcome_window=10,
+    )
+    monitor.windows[("m", 1)] = window
+    monitor.health_checks = {"audit trail": lambda: True}
+    x = reference_rows(10).astype(np.float64)
+    window.add(x, np.zeros(x.shape, bool), x[:, 0] / 4, ["defer"] * 10, list("abcdefghij"), 0.0)
+    window.record_outcome("a", 1, 0.0)
+    return {s.name for family in monitor.collect() for s in family.samples}
