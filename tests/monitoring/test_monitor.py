@@ -23,6 +23,7 @@ from phiserve.model import (
     RequestInput,
 )
 from phiserve.monitoring import Monitor
+from phiserve.monitoring.monitor import Observation
 from phiserve.monitoring.window import OutcomeResult
 from tests.monitoring.conftest import reference_rows, registry_for, toy_block
 
@@ -253,3 +254,20 @@ def test_versions_without_a_block_are_not_monitored(make_registry) -> None:
 
     asyncio.run(main())
     assert monitor.windows == {}
+
+
+def test_a_bad_observation_is_logged_by_type_and_the_rest_still_count(
+    monitored_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(dataplane: DataPlane, monitor: Monitor) -> None:
+        model = dataplane.resolve("scorer", None)
+        window = monitor.windows[("scorer", 1)]
+        canary = np.full((2, 3), 424242.0)  # three columns for four features: cannot be binned
+        monitor.submit(Observation(window, canary, canary, None, "a" * 24, None, None))
+        await dataplane.infer(model, _request(reference_rows(2)))
+        await _flush(monitor, dataplane)
+        assert window.rows == 2
+
+    _run(monitored_settings(), body)
+    assert "monitoring worker: ValueError" in caplog.text
+    assert "424242" not in caplog.text

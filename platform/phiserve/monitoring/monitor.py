@@ -69,7 +69,9 @@ CALIBRATION_LABELS: Final = tuple(
 
 
 @dataclass(slots=True)
-class _Observation:
+class Observation:
+    """One request's prediction, as the hook hands it to the worker (references, no copies)."""
+
     window: Window
     inputs: np.ndarray | None
     output: np.ndarray | None
@@ -113,7 +115,7 @@ class MonitoringHook(ModelHook):
             response.outputs = [o for o in response.outputs if o.name != self.score_output]
         prediction_id = secrets.token_hex(12)
         self.monitor.submit(
-            _Observation(
+            Observation(
                 self.window,
                 next((i.array for i in request.inputs if i.name == self.input), None),
                 output,
@@ -152,7 +154,7 @@ class Monitor:
         # The data plane's dependencies (e.g. the audit trail), exposed for the alert rules.
         self.health_checks: Mapping[str, Callable[[], bool]] = {}
         self.dropped = 0  # only the event loop counts drops
-        self._queue: queue.SimpleQueue[_Observation | _Outcome | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Observation | _Outcome | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -219,7 +221,7 @@ class Monitor:
             telemetry.METRICS.registry.unregister(self)
 
     # --- the request path ---------------------------------------------------------------------------
-    def submit(self, observation: _Observation) -> None:
+    def submit(self, observation: Observation) -> None:
         """Queue one observation; drop it (counted) when the worker is that far behind."""
         if self._queue.qsize() >= self.queue_max:
             self.dropped += 1
@@ -247,25 +249,22 @@ class Monitor:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self._apply(items)
-            except Exception as exc:  # a bug: keep monitoring alive; never log values
-                log.error(
-                    "monitoring worker: %s\n%s",
-                    type(exc).__name__,
-                    "".join(traceback.format_tb(exc.__traceback__)),
-                )
+            now = time.monotonic()
+            for item in items:
+                if item is None:  # stop, once the rest of this drain is applied
+                    continue
+                try:
+                    _apply(item, now)
+                except Exception as exc:  # one bad observation: log its type, never its values
+                    if isinstance(item, _Outcome) and not item.future.done():
+                        item.future.set_exception(exc)
+                    log.error(
+                        "monitoring worker: %s\n%s",
+                        type(exc).__name__,
+                        "".join(traceback.format_tb(exc.__traceback__)),
+                    )
             if None in items:
                 return
-
-    def _apply(self, items: list[_Observation | _Outcome | None]) -> None:
-        now = time.monotonic()
-        for item in items:
-            if isinstance(item, _Observation):
-                _observe(item, now)
-            elif isinstance(item, _Outcome) and not item.future.done():
-                result = item.window.record_outcome(item.prediction_id, item.label, now)
-                item.future.set_result(result)
 
     # --- exposition -------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -374,7 +373,14 @@ class Monitor:
 
 
 # --- turning one observation into window rows (the worker) -------------------------------------------
-def _observe(obs: _Observation, now: float) -> None:
+def _apply(item: Observation | _Outcome, now: float) -> None:
+    if isinstance(item, Observation):
+        _observe(item, now)
+    elif not item.future.done():
+        item.future.set_result(item.window.record_outcome(item.prediction_id, item.label, now))
+
+
+def _observe(obs: Observation, now: float) -> None:
     window = obs.window
     block = window.block
     if obs.output is None or obs.inputs is None:
