@@ -95,18 +95,11 @@ def registry_for(settings: Settings, hooks: tuple) -> ModelRegistry:
 def monitoring_sample_names() -> set[str]:
     """Every sample name the monitor exposes once a window has rows, decisions and outcomes."""
     from phiserve.monitoring import Monitor, MonitoringBlock
-    from phiserve.monitoring.window import Window
+    from phiserve.monitoring.window import Window, WindowSettings
 
     monitor = Monitor()
-    window = Window(
-        MonitoringBlock.model_validate(toy_block()),
-        size=100,
-        min_rows=1,
-        psi_threshold=0.25,
-        max_predictions=100,
-        prediction_ttl_s=60,
-        outcome_window=10,
-    )
+    settings = WindowSettings(size=100, min_rows=1, outcome_window=10)
+    window = Window(MonitoringBlock.model_validate(toy_block()), settings)
     monitor.windows[("m", 1)] = window
     monitor.health_checks = {"audit trail": lambda: True}
     x = reference_rows(10).astype(np.float64)

@@ -24,7 +24,7 @@ from phiserve.model import (
 )
 from phiserve.monitoring import Monitor
 from phiserve.monitoring.monitor import Observation
-from phiserve.monitoring.window import OutcomeResult
+from phiserve.monitoring.window import OutcomeResult, WindowSettings
 from tests.monitoring.conftest import reference_rows, registry_for, toy_block
 
 
@@ -50,7 +50,7 @@ def _run(
     monitor: Monitor | None = None,
     extra_hooks: tuple = (),
 ) -> Any:
-    monitor = monitor or Monitor(window_size=400, min_rows=50)
+    monitor = monitor or Monitor(WindowSettings(size=400, min_rows=50))
 
     async def main() -> Any:
         telemetry.METRICS.reset()

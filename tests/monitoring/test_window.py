@@ -7,14 +7,14 @@ import pytest
 
 from phiserve.monitoring import MonitoringBlock
 from phiserve.monitoring.reference import bin_index
-from phiserve.monitoring.window import OutcomeResult, Window, psi
+from phiserve.monitoring.window import OutcomeResult, Window, WindowSettings, psi
 from tests.monitoring.conftest import reference_rows, toy_block
 
 
-def _window(size: int = 500, **kwargs) -> Window:
-    options = {"min_rows": 50, "psi_threshold": 0.25, "max_predictions": 1000,
-               "prediction_ttl_s": 60.0, "outcome_window": 100, **kwargs}  # fmt: skip
-    return Window(MonitoringBlock.model_validate(toy_block()), size=size, **options)
+def _window(**kwargs) -> Window:
+    options = {"size": 500, "min_rows": 50, "max_predictions": 1000, "prediction_ttl_s": 60.0,
+               "outcome_window": 100, **kwargs}  # fmt: skip
+    return Window(MonitoringBlock.model_validate(toy_block()), WindowSettings(**options))
 
 
 def _add(window: Window, x: np.ndarray, now: float = 0.0, prefix: str = "p") -> list[str]:

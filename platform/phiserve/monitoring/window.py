@@ -65,6 +65,18 @@ class Outcomes:
     calibration: list[tuple[int, float | None, float | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class WindowSettings:
+    """Sizes and thresholds of every window (from the PHISERVE_MONITORING_* settings)."""
+
+    size: int = 2000  # drift window, in rows
+    min_rows: int = 100  # PSI exposed from this many rows on
+    psi_threshold: float = 0.25  # unless the manifest's block sets one
+    max_predictions: int = 100_000  # issued ids awaiting an outcome
+    prediction_ttl_s: float = 7 * 86400
+    outcome_window: int = 1000  # labelled predictions the outcome gauges cover
+
+
 def psi(observed: np.ndarray, expected: np.ndarray) -> float:
     """Population stability index of observed counts against expected proportions."""
     o = np.maximum(observed / observed.sum(), _EPSILON)
@@ -110,23 +122,13 @@ class _Binned:
 class Window:
     """Rolling statistics of one model version (written by one thread, read under its lock)."""
 
-    def __init__(
-        self,
-        block: MonitoringBlock,
-        *,
-        size: int,
-        min_rows: int,
-        psi_threshold: float,
-        max_predictions: int,
-        prediction_ttl_s: float,
-        outcome_window: int,
-    ) -> None:
+    def __init__(self, block: MonitoringBlock, settings: WindowSettings) -> None:
         self.block = block
-        self.size = size
-        self.min_rows = min_rows
-        self.psi_threshold = block.psi_threshold or psi_threshold
-        self.max_predictions = max_predictions
-        self.prediction_ttl_s = prediction_ttl_s
+        self.size = size = settings.size
+        self.min_rows = settings.min_rows
+        self.psi_threshold = block.psi_threshold or settings.psi_threshold
+        self.max_predictions = settings.max_predictions
+        self.prediction_ttl_s = settings.prediction_ttl_s
         self.lock = threading.Lock()
         self._features = _Binned([np.asarray(f.edges) for f in block.features], size)
         self._score = _Binned([np.asarray(block.score.edges)], size)
@@ -136,8 +138,8 @@ class Window:
         self._head = 0
         self.decisions: dict[str, int] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._labels = np.zeros(outcome_window, dtype=np.int8)
-        self._label_scores = np.zeros(outcome_window, dtype=np.float64)
+        self._labels = np.zeros(settings.outcome_window, dtype=np.int8)
+        self._label_scores = np.zeros(settings.outcome_window, dtype=np.float64)
         self._labelled = 0
         self._label_head = 0
         self.outcomes_total = 0
