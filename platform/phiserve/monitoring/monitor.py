@@ -30,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import re
-import secrets
 import threading
 import time
 import traceback
@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 _ADDED_SCORE: Final = "monitoring.added_score_output"
 SCORE_FEATURE: Final = "_score"
 _DECISION_OK: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# Prediction ids: 12 random bytes (96 bits: unguessable, so only whoever got the response can
+# label it), cut from a buffer filled by os.urandom 4096 ids at a time (a syscall per request
+# cost more than the rest of the hook).
+_ID_BYTES: Final = 12
+_ID_BUFFER: Final = _ID_BYTES * 4096
 _TICK_S: Final = 0.05  # the worker's wake-up interval
 _CHUNK: Final = 256  # observations per vectorised step: keeps each GIL hold short
 CALIBRATION_LABELS: Final = tuple(
@@ -101,6 +106,16 @@ class MonitoringHook(ModelHook):
         self.window = window
         self.score_output = window.block.score.output
         self.input = window.block.input
+        self._entropy = b""
+        self._offset = 0
+
+    def _new_id(self) -> str:
+        # Hooks run on the event loop only: no other thread touches the buffer.
+        if self._offset >= len(self._entropy):
+            self._entropy, self._offset = os.urandom(_ID_BUFFER), 0
+        start = self._offset
+        self._offset = start + _ID_BYTES
+        return self._entropy[start : start + _ID_BYTES].hex()
 
     def preprocess(self, model: Model, request: InferenceRequest) -> InferenceRequest:
         """Make sure the score output is computed even when the client asked for others."""
@@ -117,7 +132,7 @@ class MonitoringHook(ModelHook):
         output = next((o.array for o in response.outputs if o.name == self.score_output), None)
         if request.annotations.get(_ADDED_SCORE):
             response.outputs = [o for o in response.outputs if o.name != self.score_output]
-        prediction_id = secrets.token_hex(12)
+        prediction_id = self._new_id()
         self.monitor.submit(
             Observation(
                 self.window,
@@ -241,7 +256,7 @@ class Monitor:
         """Apply everything queued, in order: observations batched per window until an outcome
         (which must see the predictions queued before it)."""
         now = time.monotonic()
-        batch: dict[Window, list[_Rows]] = {}
+        batch: dict[Window, list[Observation]] = {}
         size = 0
         while self._queue:
             item = self._queue.popleft()
@@ -252,14 +267,11 @@ class Monitor:
                     result = item.window.record_outcome(item.prediction_id, item.label, now)
                     item.future.set_result(result)
                 continue
-            try:
-                rows = _rows(item)
-            except Exception as exc:  # one bad observation: log its type, never its values
-                _log_bug(exc)
+            if not _fits(item):
+                log.error("monitoring: an observation does not match its model's block; skipped")
                 continue
-            if rows is not None:
-                batch.setdefault(item.window, []).append(rows)
-                size += 1
+            batch.setdefault(item.window, []).append(item)
+            size += 1
             if size >= _CHUNK:
                 _flush(batch, now)
                 batch, size = {}, 0
@@ -373,51 +385,64 @@ class Monitor:
 
 
 # --- turning one observation into window rows (the worker) -------------------------------------------
-@dataclass(slots=True)
-class _Rows:
-    """One observation's rows, ready for :meth:`Window.add`."""
-
-    features: np.ndarray
-    missing: np.ndarray
-    scores: np.ndarray
-    decisions: list[str]
-    ids: list[str]
-
-
-def _rows(obs: Observation) -> _Rows | None:
+def _fits(obs: Observation) -> bool:
+    """Whether an observation's arrays have the shapes its block expects (checked one by one,
+    so a bad one cannot spoil the vectorised step of the others)."""
     block = obs.window.block
-    if obs.output is None or obs.inputs is None:
-        return None
-    scores = scores_of(block.score, obs.output)
-    rows = len(scores)
-    n = len(block.features)
-    if block.kind == "image":
-        features = _image_stats(obs.image_stats, rows)
-        if features is None:
-            features = image_statistics(obs.inputs)
-        missing = np.zeros((rows, n), dtype=bool)
-    else:
-        features = np.asarray(obs.inputs, dtype=np.float64).reshape(rows, n)
-        missing = _missing_mask(obs.missing, block.feature_names, rows)
-    decisions = _decisions(obs.decision, scores >= block.score.threshold)
-    ids = [obs.prediction_id] if rows == 1 else [f"{obs.prediction_id}.{i}" for i in range(rows)]
-    return _Rows(features, missing, scores, decisions, ids)
+    inputs, output = obs.inputs, obs.output
+    if inputs is None or output is None or output.ndim not in (1, 2) or inputs.ndim < 2:
+        return False
+    if block.score.column is not None and (
+        output.ndim != 2 or output.shape[1] <= block.score.column
+    ):
+        return False
+    tabular_ok = block.kind == "image" or inputs.shape[1:] == (len(block.features),)
+    return tabular_ok and len(output) == len(inputs)
 
 
-def _flush(batch: dict[Window, list[_Rows]], now: float) -> None:
-    """One :meth:`Window.add` per window for all its queued rows."""
-    for window, parts in batch.items():
+def _flush(batch: dict[Window, list[Observation]], now: float) -> None:
+    """One :meth:`Window.add` per window for all its queued observations."""
+    for window, observations in batch.items():
         try:
-            window.add(
-                np.concatenate([p.features for p in parts]),
-                np.concatenate([p.missing for p in parts]),
-                np.concatenate([p.scores for p in parts]),
-                [d for p in parts for d in p.decisions],
-                [i for p in parts for i in p.ids],
-                now,
-            )
-        except Exception as exc:
+            _add(window, observations, now)
+        except Exception as exc:  # a bug: log its type, never values
             _log_bug(exc)
+
+
+def _add(window: Window, observations: list[Observation], now: float) -> None:
+    block = window.block
+    # _fits let through only observations with both arrays.
+    outputs = [o.output for o in observations if o.output is not None]
+    inputs = [o.inputs for o in observations if o.inputs is not None]
+    scores = scores_of(block.score, np.concatenate(outputs))
+    counts = [len(o) for o in outputs]
+    if block.kind == "image":
+        stats = [
+            _image_stats(o.image_stats, c) if o.image_stats is not None else None
+            for o, c in zip(observations, counts, strict=True)
+        ]
+        features = np.concatenate(
+            [
+                s if s is not None else image_statistics(x)
+                for s, x in zip(stats, inputs, strict=True)
+            ]  # type: ignore[arg-type]
+        )
+    else:
+        features = np.concatenate(inputs).astype(np.float64)
+    missing = np.zeros(features.shape, dtype=bool)
+    positive = scores >= block.score.threshold
+    decisions: list[str] = []
+    ids: list[str] = []
+    start = 0
+    for obs, count in zip(observations, counts, strict=True):
+        end = start + count
+        if obs.missing is not None and block.kind == "tabular":
+            missing[start:end] = _missing_mask(obs.missing, block.feature_names, count)
+        decisions += _decisions(obs.decision, positive[start:end])
+        pid = obs.prediction_id
+        ids += [pid] if count == 1 else [f"{pid}.{i}" for i in range(count)]
+        start = end
+    window.add(features, missing, scores, decisions, ids, now)
 
 
 def _log_bug(exc: Exception) -> None:
