@@ -11,6 +11,7 @@ read the body.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,12 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
 from phiserve.audit import AuditMiddleware, AuditWriter
+from phiserve.audit.pseudonym import pseudonym
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
 from phiserve.dataplane import DataPlane
 from phiserve.errors import ConfigurationError, NotFound, send_error
-from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
+from phiserve.http.routing import BEARER, OPEN, Handler, RouteKind, Router, RouteSpec, RouteTable
+from phiserve.monitoring import OUTCOME_ROUTE, Monitor, OutcomeHandlers
 from phiserve.protocol.http import ROUTES as V2_ROUTES
 from phiserve.protocol.http import V2Handlers
 from phiserve.registry import ModelRegistry
@@ -48,6 +51,7 @@ class Platform:
     routes: RouteTable
     app: ASGIApp
     audit: AuditWriter | None
+    monitor: Monitor | None = None
 
     async def start(self) -> None:
         """Open the audit trail, start exporters and load models (in the worker process)."""
@@ -55,12 +59,16 @@ class Platform:
         if self.audit:
             # Recovers a torn tail from a crash; raises on a tampered trail.
             await asyncio.to_thread(self.audit.start)
+        if self.monitor:
+            self.monitor.start()
         await self.dataplane.start()
         tune_gc(self.settings.gc_thresholds)
 
     async def stop(self) -> None:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
+        if self.monitor:
+            await asyncio.to_thread(self.monitor.stop)
         if self.audit:
             await self.audit.aclose()
         telemetry.shutdown_tracing()
@@ -72,34 +80,53 @@ def build_platform(settings: Settings) -> Platform:
     Only configuration and keys are read here (the JWKS, the audit key provider), so a bad
     set-up fails before serving; models load and the audit trail opens in :meth:`Platform.start`.
     """
+    audit = None
+    if settings.audit_enabled:
+        provider = key_provider_from_settings(settings, purpose="audit")
+        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+    # Audit details name identifiers by pseudonym; without a trail, under a random process key.
+    pseudonymize = audit.pseudonym if audit else partial(pseudonym, os.urandom(32))
+    monitor = Monitor.from_settings(settings) if settings.monitoring_enabled else None
     registry = ModelRegistry(
         ModelRepository(settings.repository_dir),
         partial(key_provider_from_settings, settings),
         runtimes(settings),
         pinned_versions=settings.pinned_versions,
+        hooks=(monitor.hook_factory,) if monitor else (),
     )
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
-    routes = RouteTable([*V2_ROUTES, METRICS_ROUTE])
+    if monitor:
+        monitor.health_checks = dataplane.health_checks
+    specs = [*V2_ROUTES, METRICS_ROUTE]
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
-    app: ASGIApp = Router({**v2.handlers(), METRICS_ROUTE.name: metrics})
+    handlers: dict[str, Handler] = {**v2.handlers(), METRICS_ROUTE.name: metrics}
+    if monitor:
+        specs.append(OUTCOME_ROUTE)
+        handlers.update(OutcomeHandlers(dataplane, monitor, pseudonymize).handlers())
+    routes = RouteTable(specs)
+    app: ASGIApp = Router(handlers)
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
             BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
         }
         _check_authenticators(routes, authenticators)
         app = AuthMiddleware(app, authenticators)
-    audit = None
-    if settings.audit_enabled:
-        provider = key_provider_from_settings(settings, purpose="audit")
-        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+    if audit:
         dataplane.health_checks["audit trail"] = lambda: audit.healthy
         app = AuditMiddleware(app, audit)
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
     app = ContextMiddleware(app, routes, dataplane.known_models)
-    return Platform(settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit)
+    return Platform(
+        settings=settings,
+        dataplane=dataplane,
+        routes=routes,
+        app=app,
+        audit=audit,
+        monitor=monitor,
+    )
 
 
 def _check_authenticators(routes: RouteTable, authenticators: dict[str, Authenticator]) -> None:
