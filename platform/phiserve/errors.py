@@ -78,6 +78,12 @@ class MethodNotAllowed(PhiserveError):
     status = 405
 
 
+class Conflict(PhiserveError):
+    """The request conflicts with what the server already holds (e.g. a second outcome)."""
+
+    status = 409
+
+
 class PayloadTooLarge(PhiserveError):
     """The body exceeds the configured request size limit."""
 
