@@ -21,9 +21,9 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from phiserve.audit import read_trail
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
-from phiserve.telemetry.testing import OtlpHttpReceiver
 from tests.fhir import bundles as fb
 from tests.server import BIN, ServerProcess, clean_env
+from tests.telemetry.receivers import OtlpHttpReceiver
 from tests.tokens import make_token
 
 PREDICT = "/fhir/r4/models/deterioration/$predict"
