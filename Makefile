@@ -2,15 +2,17 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Another interpreter: `make test PYTHON=python3.12` (or python3.13, or a path to one) builds and
+# uses .venv-python3.12. With pyenv: PYTHON=$$(pyenv root)/versions/3.12.1/bin/python3.12.
 PYTHON ?= python3.11
-VENV   := .venv
+VENV   ?= $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOLS  := .tools
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
 .PHONY: help setup tools serve test lint format bench bench-crypto chart-docs chart-check tf-check \
-        loadtest demo soak helm-values clean
+        loadtest demo soak helm-values clean image image-gpu lock
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -70,6 +72,15 @@ soak: setup ## bounded soak: RSS and file descriptors over time
 
 helm-values: ## write helm values from terraform outputs (TF_DIR=terraform/environments/example)
 	bash terraform/scripts/helm-values.sh
+
+image: setup ## build the CPU container image and its SBOM (podman or docker; BASE_IMAGE=...)
+	$(BIN)/python -m tools.image build cpu
+
+image-gpu: setup ## build the GPU image (onnxruntime-gpu, CUDA and cuDNN wheels; ~3 GB)
+	$(BIN)/python -m tools.image build gpu
+
+lock: setup ## regenerate images/requirements.lock and images/gpu.lock from pyproject.toml
+	$(BIN)/python -m tools.image lock
 
 clean: ## remove local state (keys, models, audit) and reports
 	rm -rf .phiserve reports
