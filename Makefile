@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# Another interpreter: `make test PYTHON=python3.12` (or python3.13, or a path to one) builds and
-# uses .venv-python3.12. With pyenv: PYTHON=$$(pyenv root)/versions/3.12.1/bin/python3.12.
+# Python 3.11, 3.12 and 3.13 are supported. `make test PYTHON=python3.12` (python3.13, or a path
+# such as $(pyenv root)/versions/3.12.1/bin/python3.12) builds and uses .venv-python3.12; there
+# the export extra's torch==2.13.0 is PyPI's CUDA build (about 4 GB with its nvidia wheels), so
+# CI runs only the fast tests on 3.12 and 3.13 (.ci/run) and everything on 3.11.
 PYTHON ?= python3.11
 VENV   ?= $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN    := $(VENV)/bin
