@@ -204,8 +204,11 @@ class Engine:
         return list(self.host_flags)
 
     def run_flags(self) -> list[str]:
-        """Flags of `run`: as for builds, and no HEALTHCHECK timer (the chart's probes rule)."""
-        return [*self.host_flags, "--no-healthcheck"] if self.name == "podman" else []
+        """Flags of `run`: as for builds, no HEALTHCHECK timer (the chart's probes rule), and
+        podman's own tmpfs mounts off under --read-only (only the mounts given are writable)."""
+        if self.name != "podman":
+            return []
+        return [*self.host_flags, "--no-healthcheck", "--read-only-tmpfs=false"]
 
     def has_image(self, ref: str) -> bool:
         proc = subprocess.run(self.cmd("image", "inspect", ref), capture_output=True, check=False)

@@ -92,8 +92,7 @@ def security_flags(pod: ContainerPod, container: dict[str, Any]) -> list[str]:
     return [
         "--user", f"{ctx['runAsUser']}:{ctx['runAsGroup']}",
         "--group-add", str(pod_ctx["fsGroup"]),
-        # No tmpfs of the engine's own on /tmp, /run: only the pod's volumes are writable.
-        "--read-only", "--read-only-tmpfs=false",
+        "--read-only",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
     ]  # fmt: skip
@@ -144,7 +143,7 @@ class PodRunner:
 
     def cleanup(self) -> None:
         for name in self.names:
-            self.run(self.engine.cmd("rm", "-f", "-t", "0", name))
+            self.run(self.engine.cmd("rm", "-f", name))
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +306,39 @@ def test_server_writes_nothing_outside_its_volumes(
     assert "Read-only file system" not in text
     token = pod.secrets[TOKEN_SECRET]["token"].decode()
     assert token.split(".")[2] not in text, "the bearer token's signature reached the log"
+
+
+PROBE = """
+import errno, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print("uid", os.getuid(), os.getgid(), sorted(os.getgroups()))
+print("caps", status["CapEff"].strip(), "nnp", status["NoNewPrivs"].strip())
+for path in ("/etc/phiserve-probe", "/opt/phiserve/venv/probe", os.environ["PHISERVE_HOME"] + "/probe"):
+    try:
+        open(path, "w").close()
+        print("writable", path)
+    except OSError as exc:
+        print("refused", path, errno.errorcode[exc.errno])
+"""
+
+
+def test_server_container_runs_as_the_security_context_says(
+    pod: ContainerPod, ready: dict[str, Any], runner: PodRunner
+) -> None:
+    """In the server container's own setting: uid/gid 10001 with the fsGroup, no effective
+    capability, no privilege escalation, the root read-only and its home emptyDir writable."""
+    container = ready["container"]
+    argv = runner.argv(pod, container, "--rm", "--network", "none", *env_flags(pod.env(container)))
+    proc = runner.run([*argv, runner.image, "python", "-c", PROBE])
+    assert proc.returncode == 0, proc.stderr
+    home = pod.env(container)["PHISERVE_HOME"]
+    assert proc.stdout.splitlines() == [
+        "uid 10001 10001 [10001]",
+        "caps 0000000000000000 nnp 1",
+        "refused /etc/phiserve-probe EROFS",
+        "refused /opt/phiserve/venv/probe EROFS",
+        f"writable {home}/probe",
+    ], proc.stdout
 
 
 def test_sigterm_ends_within_the_grace_period_with_the_audit_sealed(
