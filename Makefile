@@ -2,15 +2,20 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Python 3.11, 3.12 and 3.13 are supported. `make test PYTHON=python3.12` (python3.13, or a path
+# such as $(pyenv root)/versions/3.12.1/bin/python3.12) builds and uses .venv-python3.12; there
+# the export extra's torch==2.13.0 is PyPI's CUDA build (about 4 GB with its nvidia wheels), so
+# CI runs only the fast tests on 3.12 and 3.13 (.ci/run) and everything on 3.11.
 PYTHON ?= python3.11
-VENV   := .venv
+VENV   ?= $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOLS  := .tools
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
 .PHONY: help setup tools serve test lint format bench bench-crypto chart-docs chart-check tf-check \
-        loadtest loadtest-chart demo soak helm-values clean prometheus monitor drift-demo
+        loadtest loadtest-chart demo soak helm-values clean prometheus monitor drift-demo \
+        image image-gpu lock
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -87,6 +92,15 @@ soak: setup ## bounded soak: RSS and file descriptors over time
 
 helm-values: ## write helm values from terraform outputs (TF_DIR=terraform/environments/example)
 	bash terraform/scripts/helm-values.sh
+
+image: setup ## build the CPU container image and its SBOM (podman or docker; BASE_IMAGE=...)
+	$(BIN)/python -m tools.image build cpu
+
+image-gpu: setup ## build the GPU image (onnxruntime-gpu, CUDA and cuDNN wheels; ~3 GB)
+	$(BIN)/python -m tools.image build gpu
+
+lock: setup ## regenerate images/requirements.lock and images/gpu.lock from pyproject.toml
+	$(BIN)/python -m tools.image lock
 
 clean: ## remove local state (keys, models, audit) and reports
 	rm -rf .phiserve reports

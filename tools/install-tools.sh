@@ -125,7 +125,8 @@ install_checkov() {
   say "installing $want into .venv-checkov (its own venv; a few minutes the first time)"
   [[ -x "$CHECKOV_VENV/bin/python" ]] || "$PYTHON" -m venv "$CHECKOV_VENV"
   local log="$TOOLS_DIR/checkov-install.log"
-  "$CHECKOV_VENV/bin/python" -m pip install -q --upgrade pip >"$log" 2>&1 || true
+  "$CHECKOV_VENV/bin/python" -m pip install -q --upgrade pip >"$log" 2>&1 ||
+    { tail -20 "$log" >&2; die "pip could not upgrade itself in .venv-checkov (log: .tools/checkov-install.log)"; }
   "$CHECKOV_VENV/bin/python" -m pip install -q "$want" >>"$log" 2>&1 ||
     { tail -20 "$log" >&2; die "pip could not install $want into .venv-checkov (log: .tools/checkov-install.log)"; }
   cat >"$BIN_DIR/checkov.tmp" <<'WRAPPER'
