@@ -11,6 +11,7 @@ read the body.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,10 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
 from phiserve.audit import AuditMiddleware, AuditWriter
+from phiserve.audit.pseudonym import pseudonym
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
 from phiserve.dataplane import DataPlane
+from phiserve.dicom import dicom_hook
+from phiserve.dicom.http import ROUTES as DICOM_ROUTES
+from phiserve.dicom.http import DicomHandlers, DicomLimits
 from phiserve.errors import ConfigurationError, NotFound, send_error
 from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
 from phiserve.protocol.http import ROUTES as V2_ROUTES
@@ -77,23 +82,28 @@ def build_platform(settings: Settings) -> Platform:
         partial(key_provider_from_settings, settings),
         runtimes(settings),
         pinned_versions=settings.pinned_versions,
+        hooks=(dicom_hook,),
     )
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
-    routes = RouteTable([*V2_ROUTES, METRICS_ROUTE])
+    routes = RouteTable([*V2_ROUTES, *DICOM_ROUTES, METRICS_ROUTE])
+    audit = None
+    if settings.audit_enabled:
+        provider = key_provider_from_settings(settings, purpose="audit")
+        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+        dataplane.health_checks["audit trail"] = lambda: audit.healthy
+    # Front ends name identifiers by keyed pseudonym: the trail's key, or a process key.
+    pseudonymize = audit.pseudonym if audit else partial(pseudonym, secrets.token_bytes(32))
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
+    dicom = DicomHandlers(dataplane, DicomLimits.from_settings(settings), pseudonymize)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
-    app: ASGIApp = Router({**v2.handlers(), METRICS_ROUTE.name: metrics})
+    app: ASGIApp = Router({**v2.handlers(), **dicom.handlers(), METRICS_ROUTE.name: metrics})
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
             BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
         }
         _check_authenticators(routes, authenticators)
         app = AuthMiddleware(app, authenticators)
-    audit = None
-    if settings.audit_enabled:
-        provider = key_provider_from_settings(settings, purpose="audit")
-        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
-        dataplane.health_checks["audit trail"] = lambda: audit.healthy
+    if audit:
         app = AuditMiddleware(app, audit)
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None

@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     # --- telemetry -----------------------------------------------------------------------------
     metrics_enabled: bool = True
 
+    # --- DICOM in (phiserve.dicom) ------------------------------------------------------------
+    # Largest DICOM instance accepted, in bytes: the whole body of an application/dicom request,
+    # each part of a multipart/related one (whose whole body max_request_bytes bounds).
+    dicom_max_instance_bytes: PositiveInt = 32 * 1024 * 1024
+    # Largest image accepted (Rows x Columns), checked against the header and the compressed
+    # stream before anything is decoded: decoding one costs about 12 bytes per pixel at peak.
+    dicom_max_pixels: PositiveInt = 25_000_000
+    # Instances in one multipart/related request; at most 32, the audit record's list bound.
+    dicom_max_instances: int = Field(default=16, ge=1, le=32)
+    # Worker threads that decode DICOM off the event loop: with dicom_max_pixels, this bounds
+    # the memory that decoding can take at once.
+    dicom_decode_threads: int = Field(default=2, ge=1, le=64)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

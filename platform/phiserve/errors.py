@@ -84,6 +84,18 @@ class PayloadTooLarge(PhiserveError):
     status = 413
 
 
+class UnsupportedMediaType(PhiserveError):
+    """The body's media type, or an encoding inside it (a DICOM transfer syntax), is not accepted."""
+
+    status = 415
+
+
+class UnprocessableContent(PhiserveError):
+    """Well-formed content that this model cannot take (e.g. a DICOM modality it was not made for)."""
+
+    status = 422
+
+
 class Overloaded(PhiserveError):
     """The queue is full or the server is draining; the client should retry later."""
 
