@@ -37,6 +37,9 @@ CANARIES = {
 }
 PRIVATE_CANARY = "CANARYPRIVATE-VALUE-31337"
 PRIVATE_CREATOR = "CANARY CREATOR"
+# An invalid Instance Number (IS): pydicom's reader warns about such values, quoting them.
+INVALID_CANARY = "CANARY7"
+_INSTANCE_NUMBER = "7777777"
 
 
 def path(name: str) -> Path:
@@ -70,9 +73,16 @@ def with_canaries(ds: Dataset) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = CANARIES["SOPInstanceUID"]
     block = ds.private_block(0x0099, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", PRIVATE_CANARY)
-    # An invalid date: pydicom's value validation warns about such values, quoting them.
-    ds.StudyDate = "CANARY12"
+    ds.InstanceNumber = _INSTANCE_NUMBER  # made invalid in the bytes by encode_canaries
     return ds
+
+
+def encode_canaries(ds: Dataset) -> bytes:
+    """``ds`` with the canaries planted, as a file whose Instance Number is not a number."""
+    raw = encode(with_canaries(ds))
+    padded = _INSTANCE_NUMBER.encode() + b" "  # IS values are padded to an even length
+    assert raw.count(padded) == 1
+    return raw.replace(padded, INVALID_CANARY.encode() + b" ")
 
 
 def small_cr(modality: str = "CR") -> Dataset:
