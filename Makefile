@@ -46,8 +46,9 @@ format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## phiserve vs MLServer vs a bare floor, and the cost of each feature
+bench: setup ## phiserve vs MLServer vs a bare floor, the cost of each feature, DICOM decode vs inference
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.dicom
 
 bench-crypto: setup ## decrypt-and-load vs plaintext load of a 100 MB model
 	$(BIN)/python -m benchmarks.crypto

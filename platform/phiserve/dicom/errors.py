@@ -54,8 +54,6 @@ class InstanceTooLarge(PayloadTooLarge):
     reason: ClassVar[str] = "too_large"
 
 
-REASONS = ("ok", "malformed", "transfer_syntax", "media_type", "modality", "image", "too_large")
-
 
 def reason_of(exc: PhiserveError) -> str:
     """A bounded code for any error: the DICOM reasons, else the outcome its status implies."""
