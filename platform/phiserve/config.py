@@ -112,13 +112,14 @@ class Settings(BaseSettings):
     # Largest DICOM instance accepted, in bytes: the whole body of an application/dicom request,
     # each part of a multipart/related one (whose whole body max_request_bytes bounds).
     dicom_max_instance_bytes: PositiveInt = 32 * 1024 * 1024
-    # Largest image accepted (Rows x Columns), checked against the header and the compressed
-    # stream before anything is decoded: decoding one costs about 12 bytes per pixel at peak.
+    # Largest image accepted (Rows x Columns; a 43 cm DX detector at 0.1 mm is 18.5 M), checked
+    # against the header and the compressed stream before anything is decoded. Preparing one
+    # takes about 21 bytes per pixel at peak (pydicom's VOI works in float64): 525 MB here.
     dicom_max_pixels: PositiveInt = 25_000_000
     # Instances in one multipart/related request; at most 32, the audit record's list bound.
     dicom_max_instances: int = Field(default=16, ge=1, le=32)
-    # Worker threads that decode DICOM off the event loop: with dicom_max_pixels, this bounds
-    # the memory that decoding can take at once.
+    # Worker threads that decode DICOM off the event loop: times the peak above, this bounds
+    # the memory that decoding can take at once (about 1 GB with the defaults).
     dicom_decode_threads: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")
