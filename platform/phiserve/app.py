@@ -53,6 +53,7 @@ class Platform:
     routes: RouteTable
     app: ASGIApp
     audit: AuditWriter | None
+    dicom: DicomHandlers
 
     async def start(self) -> None:
         """Open the audit trail, start exporters and load models (in the worker process)."""
@@ -60,12 +61,14 @@ class Platform:
         if self.audit:
             # Recovers a torn tail from a crash; raises on a tampered trail.
             await asyncio.to_thread(self.audit.start)
+        self.dicom.decoders.start()
         await self.dataplane.start()
         tune_gc(self.settings.gc_thresholds)
 
     async def stop(self) -> None:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
+        await asyncio.to_thread(self.dicom.decoders.close)
         if self.audit:
             await self.audit.aclose()
         telemetry.shutdown_tracing()
@@ -109,7 +112,9 @@ def build_platform(settings: Settings) -> Platform:
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
     app = ContextMiddleware(app, routes, dataplane.known_models)
-    return Platform(settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit)
+    return Platform(
+        settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit, dicom=dicom
+    )
 
 
 def _check_authenticators(routes: RouteTable, authenticators: dict[str, Authenticator]) -> None:

@@ -118,9 +118,9 @@ class Settings(BaseSettings):
     dicom_max_pixels: PositiveInt = 25_000_000
     # Instances in one multipart/related request; at most 32, the audit record's list bound.
     dicom_max_instances: int = Field(default=16, ge=1, le=32)
-    # Worker threads that decode DICOM off the event loop: times the peak above, this bounds
-    # the memory that decoding can take at once (about 1 GB with the defaults).
-    dicom_decode_threads: int = Field(default=2, ge=1, le=64)
+    # Worker processes that decode DICOM off the event loop (per server worker; about 100 MB
+    # each at rest): times the peak above, this bounds the memory decoding can take at once.
+    dicom_decode_processes: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

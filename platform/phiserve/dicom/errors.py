@@ -54,7 +54,6 @@ class InstanceTooLarge(PayloadTooLarge):
     reason: ClassVar[str] = "too_large"
 
 
-
 def reason_of(exc: PhiserveError) -> str:
     """A bounded code for any error: the DICOM reasons, else the outcome its status implies."""
     return getattr(exc, "reason", None) or outcome_for_status(exc.status)

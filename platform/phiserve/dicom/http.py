@@ -3,17 +3,18 @@
 A sibling of the V2 infer route (kind INFER, bearer tokens, the model's ``infer:`` scope) for
 models whose manifest declares a DICOM block. The body is one instance (``application/dicom``)
 or several, as a DICOMweb STOW-RS client sends them (``multipart/related;
-type="application/dicom"``). Each instance is read, checked and preprocessed on a small thread
-pool (never on the event loop), then goes through the data plane like any V2 request, with its
-image statistics as the ``image_stats`` annotation for monitoring hooks.
+type="application/dicom"``). Each instance is read, checked and preprocessed in a small pool of
+worker processes (:mod:`phiserve.dicom.worker`: never on the event loop), then goes through the
+data plane like any V2 request, with its image statistics as the ``image_stats`` annotation for
+monitoring hooks.
 
 The answer is JSON ``{"results": [...]}`` in request order, each result either a V2 inference
 response whose ``parameters`` name the instance by keyed pseudonym, or ``{"error", "status",
 "reason"}``; with ``Accept: application/fhir+json`` it is a FHIR Bundle instead
 (:mod:`phiserve.dicom.observation`). A single instance that fails is answered with its own 4xx;
 several are answered like STOW-RS: 200 when all succeed, 202 when some do, and when none does
-the status they share (409 if they differ). Header values never leave the worker thread: the
-audit record, the response and the metrics see pseudonyms, codes and counts only.
+the status they share (409 if they differ). Header values never leave the handler: the audit
+record, the response and the metrics see pseudonyms, codes and counts only.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
 from starlette.types import Receive, Scope, Send
 
 from phiserve import telemetry
@@ -34,12 +33,11 @@ from phiserve.config import Settings
 from phiserve.context import get_context, outcome_for_status
 from phiserve.dataplane import DataPlane
 from phiserve.dicom.errors import reason_of
-from phiserve.dicom.image import image_stats, preprocess
-from phiserve.dicom.instance import check_image, instance_uids, read_instance
 from phiserve.dicom.metrics import DICOM_METRICS
 from phiserve.dicom.observation import FHIR_JSON, bundle, observation, operation_outcome
 from phiserve.dicom.spec import DicomPreprocessing, dicom_spec
 from phiserve.dicom.stow import DICOM, RELATED, Part, media_type, split_related
+from phiserve.dicom.worker import DecodePool, prepare
 from phiserve.errors import PhiserveError, UnsupportedMediaType
 from phiserve.http.io import JSON, header, read_body, send_response
 from phiserve.http.routing import Handler, RouteKind, RouteSpec
@@ -65,7 +63,7 @@ class DicomLimits:
     max_request_bytes: int
     max_pixels: int
     max_instances: int
-    decode_threads: int
+    decode_processes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DicomLimits:
@@ -75,18 +73,8 @@ class DicomLimits:
             settings.max_request_bytes,
             settings.dicom_max_pixels,
             settings.dicom_max_instances,
-            settings.dicom_decode_threads,
+            settings.dicom_decode_processes,
         )
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """What the worker thread hands back: pseudonyms ("" when unknown), a tensor or an error."""
-
-    pseudonyms: tuple[str, str, str] = ("", "", "")
-    tensor: np.ndarray | None = None
-    stats: dict[str, float] | None = None
-    error: PhiserveError | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +97,7 @@ class DicomHandlers:
         self.limits = limits
         self.pseudonymize = pseudonymize
         # Its size bounds how many images are decoded at once, hence their memory.
-        self.executor = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="dicom")
+        self.decoders = DecodePool(limits.decode_processes)
 
     def handlers(self) -> dict[str, Handler]:
         """Route name -> handler."""
@@ -152,14 +140,25 @@ class DicomHandlers:
         if part.error is not None:
             self._count(model, part.error, None)
             return _Result(("", "", ""), error=part.error)
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        with telemetry.child_span(SPAN_DICOM):
-            prepared = await loop.run_in_executor(self.executor, self._prepare, part.data, spec)
+        try:
+            with telemetry.child_span(SPAN_DICOM):
+                prepared = await self.decoders.call(
+                    prepare, part.data, spec, self.limits.max_pixels
+                )
+            # The UIDs leave the worker's answer here, as keyed pseudonyms only.
+            sop, series, study = (
+                self.pseudonymize(kind, uid) if uid else ""
+                for kind, uid in zip(PSEUDONYM_KINDS, prepared.uids, strict=True)
+            )
+        except PhiserveError as exc:
+            self._count(model, exc, time.perf_counter() - started)
+            return _Result(("", "", ""), error=exc)
         seconds = time.perf_counter() - started
+        pseudonyms = (sop, series, study)
         if prepared.error is not None:
             self._count(model, prepared.error, seconds)
-            return _Result(prepared.pseudonyms, error=prepared.error)
+            return _Result(pseudonyms, error=prepared.error)
         assert prepared.tensor is not None
         assert prepared.stats is not None
         request = InferenceRequest(
@@ -171,27 +170,10 @@ class DicomHandlers:
             response = await self.dataplane.infer(model, request)
         except PhiserveError as exc:
             self._count(model, exc, seconds)
-            return _Result(prepared.pseudonyms, error=exc)
+            return _Result(pseudonyms, error=exc)
         DICOM_METRICS.observe(model.name, model.version, "ok", seconds)
-        response.parameters.update(zip(_PARAMETERS, prepared.pseudonyms, strict=True))
-        return _Result(prepared.pseudonyms, response=response)
-
-    def _prepare(self, raw: bytes, spec: DicomPreprocessing) -> _Prepared:
-        """On a worker thread: parse, pseudonymise the UIDs, check, decode, preprocess."""
-        prepared = _Prepared()
-        try:
-            ds = read_instance(raw)
-            sop, series, study = (
-                self.pseudonymize(kind, uid) if uid else ""
-                for kind, uid in zip(PSEUDONYM_KINDS, instance_uids(ds), strict=True)
-            )
-            prepared.pseudonyms = (sop, series, study)
-            check_image(ds, spec.modalities, self.limits.max_pixels)
-            prepared.tensor = preprocess(ds, spec)
-            prepared.stats = image_stats(prepared.tensor)
-        except PhiserveError as exc:
-            prepared.error = exc
-        return prepared
+        response.parameters.update(_named(pseudonyms))
+        return _Result(pseudonyms, response=response)
 
     @staticmethod
     def _count(model: Model, exc: PhiserveError, seconds: float | None) -> None:
@@ -200,6 +182,10 @@ class DicomHandlers:
 
 # V2 response parameters naming the instance, its series and its study by pseudonym.
 _PARAMETERS: Final = ("dicom_instance", "dicom_series", "dicom_study")
+
+
+def _named(pseudonyms: tuple[str, str, str]) -> dict[str, str]:
+    return {k: v for k, v in zip(_PARAMETERS, pseudonyms, strict=True) if v}
 
 
 def _audit_details(results: list[_Result]) -> dict[str, Any]:
@@ -239,8 +225,7 @@ def _json(results: list[_Result]) -> bytes:
                 "status": r.error.status,
                 "reason": reason_of(r.error),
             }
-            named = {k: v for k, v in zip(_PARAMETERS, r.pseudonyms, strict=True) if v}
-            if named:
+            if named := _named(r.pseudonyms):
                 doc["parameters"] = named
             items.append(json.dumps(doc, separators=(",", ":")).encode())
     return b'{"results":[' + b",".join(items) + b"]}"
