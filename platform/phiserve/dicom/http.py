@@ -124,7 +124,16 @@ class DicomHandlers:
             raise UnsupportedMediaType(
                 f'send {DICOM}, or {RELATED}; type="{DICOM}" for several instances'
             )
-        results = await asyncio.gather(*(self._one(model, spec, part) for part in parts))
+        # Every instance finishes before a bug in one propagates (an exception left unawaited
+        # would be logged by asyncio, message and all).
+        outcomes = await asyncio.gather(
+            *(self._one(model, spec, part) for part in parts), return_exceptions=True
+        )
+        results: list[_Result] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
         ctx.audit_details = _audit_details(results)
         status, headers = _status(results, single=ctype == DICOM)
         ctx.outcome = outcome_for_status(status)
