@@ -2,14 +2,16 @@
 
 One run prepares a phiserve home (dev keys, example models), starts side by side on this machine
 
-* phiserve serving ``breast-cancer`` as shipped (auth and audit at their defaults, tracing off),
-  with auth and audit off, and with OpenTelemetry tracing (the SDK's batch processor and
-  OTLP/HTTP exporter, to a local sink) sampling 10% and 100% of requests with
-  ``parentbased_traceidratio`` (each compared with tracing off, the shipped server: req/s, p50
-  and p99 ratios side by side; information, not a gate);
+* phiserve serving ``breast-cancer`` as shipped (auth, audit and model monitoring at their
+  defaults, tracing off), with auth and audit off, with model monitoring off, and with
+  OpenTelemetry tracing (the SDK's batch processor and OTLP/HTTP exporter, to a local sink)
+  sampling 10% and 100% of requests with ``parentbased_traceidratio`` (each compared with tracing
+  off, the shipped server: req/s, p50 and p99 ratios side by side; information, not a gate);
 * Seldon MLServer 1.7 (its own venv, ``tools/bench-venvs.sh``) serving the same ONNX model through
   :mod:`benchmarks.mlserver_runtime`, with MLServer's default settings;
 * the floor (:mod:`benchmarks.floor`): the same onnxruntime call behind a bare Starlette route;
+* phiserve's own stack on plain uvicorn (:mod:`benchmarks.bare_stack`), as shipped but without
+  BentoML: the shipped/bare ratios are what BentoML's layers in front of phiserve cost;
 
 and drives each in turn, one at a time, with the same locust load (:mod:`benchmarks.loadgen`): a
 closed loop of 32 users and an open loop at a fixed arrival rate. Every measured run is repeated
@@ -19,8 +21,9 @@ medians. Then chest-xray with dynamic batching on and off shows what batching bu
 Knobs (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_REPEATS (3), BENCH_USERS (32),
 BENCH_RATE (600 req/s, open loop), BENCH_MAX_OUTSTANDING (256), BENCH_XRAY_USERS (16),
 BENCH_XRAY_SECONDS (BENCH_SECONDS), BENCH_XRAY_REPEATS (2), BENCH_ONLY (comma list of
-phiserve, features, tracing, mlserver, mlserver-nolog, floor, open, xray; default all), BENCH_HOME (reuse a
-prepared phiserve home instead of building the example models), BENCH_OUT (reports/bench),
+phiserve, features, monitoring, tracing, bentoml, mlserver, mlserver-nolog, floor, open, xray;
+default all), BENCH_HOME (reuse a prepared phiserve home instead of building the example models),
+BENCH_OUT (reports/bench),
 BENCH_INSTALL_MLSERVER (1: create .venv-mlserver with tools/bench-venvs.sh when it is missing).
 
 This machine is shared (other sessions run test suites on the same two cores), so before each
@@ -73,7 +76,12 @@ from benchmarks.stats import (
     table_rows,
 )
 
-GROUPS = ("phiserve", "features", "tracing", "mlserver", "mlserver-nolog", "floor", "open", "xray")
+GROUPS = (
+    "phiserve", "features", "monitoring", "tracing", "bentoml", "mlserver", "mlserver-nolog",
+    "floor", "open", "xray",
+)  # fmt: skip
+# phiserve's stack under plain uvicorn (benchmarks.bare_stack): the "bentoml" group's baseline.
+BARE_STACK = [sys.executable, "-m", "benchmarks.bare_stack"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,7 @@ def phiserve_variants(sink_url: str) -> dict[str, tuple[str, dict[str, str], boo
     return {
         "shipped": ("phiserve (as shipped)", {}, True),
         "off": ("phiserve (auth+audit off)", dict(_OFF), False),
+        "nomon": ("phiserve (monitoring off)", {"PHISERVE_MONITORING_ENABLED": "false"}, True),
         "trace1": ("phiserve (trace 1.0)", _otel("1.0", sink_url), True),
         "trace01": ("phiserve (trace 0.1)", _otel("0.1", sink_url), True),
         "xray-unbatched": (
@@ -202,11 +211,15 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
     closed = [("phiserve", "shipped", "phiserve (as shipped)")]
     if "features" in cfg.only:
         closed.append(("features", "off", "phiserve (auth+audit off)"))
+    if "monitoring" in cfg.only:
+        closed.append(("monitoring", "nomon", "phiserve (monitoring off)"))
     if "tracing" in cfg.only:
         closed += [
             ("tracing", "trace01", "phiserve (trace 0.1)"),
             ("tracing", "trace1", "phiserve (trace 1.0)"),
         ]
+    if "bentoml" in cfg.only:
+        closed.append(("bentoml", "bare", "phiserve stack on plain uvicorn"))
     if mlserver:
         closed.append(("mlserver", "mlserver", "MLServer 1.7"))
         # MLServer's default debug=true turns uvicorn's access log on; a user who reads the docs
@@ -214,8 +227,8 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
         closed.append(("mlserver-nolog", "mlserver-nolog", "MLServer 1.7 (debug=false)"))
     closed.append(("floor", "floor", "floor (Starlette)"))
     out: list[Scenario] = []
-    # The shipped server is the baseline of the features and tracing ratios too.
-    baseline = {"phiserve", "features", "tracing"} & set(cfg.only)
+    # The shipped server is the baseline of the features, monitoring, tracing and BentoML ratios.
+    baseline = {"phiserve", "features", "monitoring", "tracing", "bentoml"} & set(cfg.only)
     for group, server, label in closed:
         if group not in cfg.only and not (server == "shipped" and baseline):
             continue
@@ -467,10 +480,22 @@ def compute_ratios(
             "(info)",
             None,
         )
+    bare = m("bare/closed")
+    if ship and bare:
+        for figure, attr in TRACING_FIGURES:
+            value = _ratio(getattr(ship, attr), getattr(bare, attr))
+            add(f"BentoML layers: shipped/bare stack {figure}", value, "(info)", None)
     off = m("off/closed")
     if ship and off:
         r = _ratio(ship.throughput, off.throughput)
         add("auth+audit on/off throughput", r, ">= 0.90", r >= 0.90)
+    # Model monitoring's cost: the shipped server monitors breast-cancer; "nomon" does not.
+    nomon = m("nomon/closed")
+    if ship and nomon:
+        r = _ratio(ship.p99_ms, nomon.p99_ms)
+        add("monitoring on/off p99, closed", r, "<= 1.05 (no measurable cost)", r <= 1.05)
+        r = _ratio(ship.throughput, nomon.throughput)
+        add("monitoring on/off throughput, closed", r, ">= 0.95", r >= 0.95)
     # Tracing's cost against tracing off (the shipped server, auth and audit on in all three).
     for ratio, key in TRACING:
         traced = m(key)
@@ -551,6 +576,10 @@ def start_servers(
         if key in variants:
             label, env, auth = variants[key]
             servers[key] = start_phiserve(label, base_home, tmp, env, auth=auth)
+        elif key == "bare":
+            servers[key] = start_phiserve(
+                "phiserve stack on plain uvicorn", base_home, tmp, {}, auth=True, command=BARE_STACK
+            )
         elif key == "mlserver":
             assert model_file is not None
             servers[key] = start_mlserver(BREAST_CANCER, model_file, tmp, label="MLServer")
@@ -764,6 +793,11 @@ def describe_servers(
             lines.append(
                 "floor: benchmarks/floor.py, Starlette route, uvicorn httptools + uvloop, "
                 "1 worker, no access log, inference inline on the event loop"
+            )
+        elif key == "bare":
+            lines.append(
+                f"{s.label}: benchmarks/bare_stack.py, phiserve's ASGI stack with the shipped "
+                "settings on uvicorn (httptools + uvloop, no access log), without BentoML"
             )
         else:
             env = " ".join(f"{k}={v}" for k, v in s.settings.items() if "ENDPOINT" not in k)

@@ -24,6 +24,7 @@ from torch import nn
 from phiserve.dicom import DicomPreprocessing
 from phiserve.dicom import preprocess as dicom_preprocess
 from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
+from phiserve.monitoring import reference_block
 
 NAME = "chest-xray"
 CLASSES = ("normal", "pneumonia", "other")  # demonstration labels only
@@ -143,6 +144,15 @@ def export(seed: int = 0) -> ExportedModel:
             ),
         },
     )
+    # Drift reference: per-image statistics of the parity images and the "pneumonia" softmax.
+    monitoring = reference_block(
+        images.numpy(),
+        expected,
+        input_name="image",
+        score_output_name="logits",
+        score_column=CLASSES.index("pneumonia"),
+        score_transform="softmax",
+    )
     return ExportedModel(
         NAME,
         onnx_bytes,
@@ -150,5 +160,5 @@ def export(seed: int = 0) -> ExportedModel:
         metrics,
         card,
         {"max_batch_size": 32},
-        extensions={"dicom": PREPROCESSING.model_dump(mode="json")},
+        extensions={"dicom": PREPROCESSING.model_dump(mode="json"), "monitoring": monitoring},
     )

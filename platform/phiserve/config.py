@@ -105,8 +105,31 @@ class Settings(BaseSettings):
     # the pod name).
     audit_stream: str = Field(default="server", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
+    # --- clinical interfaces -------------------------------------------------------------------
+    # FHIR resources one request may carry (Bundle entries and Parameters resources, nested ones
+    # included); more is refused with 413. Validation costs ~0.2 ms a resource.
+    fhir_max_entries: PositiveInt = 5000
+    # An Observation dated further than this past the server's clock is refused (422).
+    fhir_future_skew_s: float = Field(default=300.0, ge=0, le=86400)
+
     # --- telemetry -----------------------------------------------------------------------------
     metrics_enabled: bool = True
+
+    # --- model monitoring (versions whose manifest has a "monitoring" block) ---------------------
+    monitoring_enabled: bool = True
+    # Drift window: the last this many predicted rows per model version.
+    monitoring_window: PositiveInt = 2000
+    # PSI is exposed once the window holds this many rows (fewer give noisy values).
+    monitoring_min_rows: PositiveInt = 100
+    # Drift alert above this PSI, unless the manifest's block sets its own (0.25: significant).
+    monitoring_psi_threshold: float = Field(default=0.25, gt=0)
+    # Issued prediction ids await their outcome this long, at most this many per version.
+    monitoring_outcome_ttl_s: float = Field(default=7 * 86400, gt=0)
+    monitoring_max_predictions: PositiveInt = 100_000
+    # Accuracy, Brier score and calibration cover the last this many labelled predictions.
+    monitoring_outcome_window: PositiveInt = 1000
+    # Observations waiting for the worker beyond this many are dropped (and counted).
+    monitoring_queue_max: PositiveInt = 10_000
 
     # --- DICOM in (phiserve.dicom) ------------------------------------------------------------
     # Largest DICOM instance accepted, in bytes: the whole body of an application/dicom request,

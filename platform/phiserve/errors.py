@@ -78,6 +78,12 @@ class MethodNotAllowed(PhiserveError):
     status = 405
 
 
+class Conflict(PhiserveError):
+    """The request conflicts with what the server already holds (e.g. a second outcome)."""
+
+    status = 409
+
+
 class PayloadTooLarge(PhiserveError):
     """The body exceeds the configured request size limit."""
 
@@ -90,8 +96,9 @@ class UnsupportedMediaType(PhiserveError):
     status = 415
 
 
-class UnprocessableContent(PhiserveError):
-    """Well-formed content that this model cannot take (e.g. a DICOM modality it was not made for)."""
+class Unprocessable(PhiserveError):
+    """Well-formed input the model cannot use as it stands (a FHIR unit it cannot convert, a
+    DICOM modality it was not made for)."""
 
     status = 422
 

@@ -83,6 +83,19 @@ def test_serving_bench_phiserve_and_floor(built_home: Path, tmp_path: Path) -> N
     assert not any(p.suffix == ".onnx" for p in tmp_path.rglob("*")), "plaintext model left behind"
 
 
+def test_serving_bench_bentoml_layers(built_home: Path, tmp_path: Path) -> None:
+    proc = _run("benchmarks.serving", _tiny(built_home, tmp_path, "bentoml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for server in ("phiserve (as shipped)", "phiserve stack on plain uvicorn"):
+        _assert_numbers(_row(out, server, "closed 32u"))
+    for figure in ("throughput", "p50", "p99"):
+        name = f"BentoML layers: shipped/bare stack {figure}"
+        assert re.search(rf"^\s+{re.escape(name)}\s+{NUMBER}\s+goal \(info\)", out, re.M), out
+    # Both answered the authenticated probe: the bare stack is phiserve's, auth and all.
+    assert "auth as shipped: active" in out
+
+
 def test_serving_bench_tracing_against_tracing_off(built_home: Path, tmp_path: Path) -> None:
     proc = _run("benchmarks.serving", _tiny(built_home, tmp_path, "tracing"))
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from phiserve.dicom.image import image_stats, preprocess, resize, to_unit_range
+from phiserve.dicom.image import preprocess, resize, to_unit_range
 from phiserve.dicom.spec import DicomPreprocessing
 from tests.dicom import instances
 
@@ -131,13 +130,3 @@ def test_jpeg_2000_lossless_preprocesses_exactly_like_the_uncompressed_file() ->
         preprocess(instances.read("RG3_J2KR.dcm"), spec),
         preprocess(instances.read("RG3_UNCR.dcm"), spec),
     )
-
-
-def test_image_stats_are_the_summary_of_the_model_input() -> None:
-    tensor = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, 1, 1, 101)
-    stats = image_stats(tensor)
-    assert list(stats) == ["mean", "std", "p05", "p25", "p50", "p75", "p95"]
-    assert stats["mean"] == pytest.approx(0.5)
-    assert stats["std"] == pytest.approx(float(np.std(np.linspace(0, 1, 101))))
-    assert (stats["p05"], stats["p50"], stats["p95"]) == pytest.approx((0.05, 0.5, 0.95))
-    assert all(isinstance(v, float) for v in stats.values())

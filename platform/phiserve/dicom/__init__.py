@@ -6,7 +6,7 @@ one preprocessing pipeline export and server share), ``stow`` (STOW-RS multipart
 ``http`` (the route and its handler), ``observation`` (the FHIR answer), ``metrics``.
 """
 
-from phiserve.dicom.image import image_stats, preprocess
+from phiserve.dicom.image import preprocess
 from phiserve.dicom.instance import ACCEPTED_SYNTAXES, read_instance
 from phiserve.dicom.spec import DicomHook, DicomPreprocessing, dicom_hook
 
@@ -15,7 +15,6 @@ __all__ = [
     "DicomHook",
     "DicomPreprocessing",
     "dicom_hook",
-    "image_stats",
     "preprocess",
     "read_instance",
 ]

@@ -13,7 +13,7 @@ from phiserve.errors import (
     BadRequest,
     PayloadTooLarge,
     PhiserveError,
-    UnprocessableContent,
+    Unprocessable,
     UnsupportedMediaType,
 )
 
@@ -36,13 +36,13 @@ class NotDicom(UnsupportedMediaType):
     reason: ClassVar[str] = "media_type"
 
 
-class UnsupportedModality(UnprocessableContent):
+class UnsupportedModality(Unprocessable):
     """A modality the model's DICOM block does not list (only CR and DX are possible)."""
 
     reason: ClassVar[str] = "modality"
 
 
-class UnsupportedImage(UnprocessableContent):
+class UnsupportedImage(Unprocessable):
     """An image this pipeline does not take: colour, several frames, no pixel data, ..."""
 
     reason: ClassVar[str] = "image"

@@ -22,7 +22,6 @@ from phiserve.dicom.spec import DicomPreprocessing
 _RESAMPLE: Final = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
 # Inputs far outside any pixel range: a window maps them to the ends of its output range.
 _PROBE: Final = np.array([-1e300, 1e300])
-STAT_PERCENTILES: Final = (5, 25, 50, 75, 95)
 
 
 def preprocess(ds: Dataset, spec: DicomPreprocessing) -> np.ndarray:
@@ -85,13 +84,3 @@ def resize(unit: np.ndarray, spec: DicomPreprocessing) -> np.ndarray:
     top, left = (spec.height - height) // 2, (spec.width - width) // 2
     canvas[top : top + height, left : left + width] = image.resize((width, height), resample)
     return canvas
-
-
-def image_stats(tensor: np.ndarray) -> dict[str, float]:
-    """Summary statistics of one preprocessed image (what the model sees), for monitoring:
-    ``mean``, ``std`` and the percentiles ``p05``, ``p25``, ``p50``, ``p75``, ``p95``."""
-    flat = tensor.astype(np.float64, copy=False).ravel()
-    stats = {"mean": float(flat.mean()), "std": float(flat.std())}
-    for q, value in zip(STAT_PERCENTILES, np.percentile(flat, STAT_PERCENTILES), strict=True):
-        stats[f"p{q:02d}"] = float(value)
-    return stats

@@ -36,6 +36,7 @@ class RouteKind(StrEnum):
     DOCS = "docs"  # the OpenAPI description (no data)
     METADATA = "metadata"  # server and model metadata, model readiness
     INFER = "infer"
+    OUTCOME = "outcome"  # ground-truth labels for issued predictions (model monitoring)
 
 
 @dataclass(frozen=True, slots=True)
