@@ -62,8 +62,9 @@ monitor: prometheus ## Prometheus with the shipped alert rules against a running
 drift-demo: setup ## serve, send a shifted population halfway, chart the PSI crossing its threshold
 	$(BIN)/python -m demos.drift
 
-bench: setup ## phiserve vs MLServer vs a bare floor, and the cost of each feature
+bench: setup ## phiserve vs MLServer vs a bare floor, the cost of each feature, DICOM decode vs inference
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.dicom
 
 bench-crypto: setup ## decrypt-and-load vs plaintext load of a 100 MB model
 	$(BIN)/python -m benchmarks.crypto

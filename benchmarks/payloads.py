@@ -64,13 +64,15 @@ def breast_cancer_json(seed: int = 7) -> Payload:
     )
 
 
-def chest_xray_binary(seed: int = 11) -> Payload:
-    """One 1x1x224x224 FP32 image as a binary-tensor-extension request (as tritonclient sends).
+def chest_xray_binary(seed: int = 11, image: np.ndarray | None = None) -> Payload:
+    """One 1x1x224x224 FP32 image (random, or ``image``) as a binary-tensor-extension request
+    (as tritonclient sends).
 
     JSON would spend most of the time printing and parsing 50,176 floats on both sides; the
     binary extension is what a real client of an imaging model uses.
     """
-    image = np.random.default_rng(seed).random((1, 1, 224, 224), dtype=np.float32)
+    if image is None:
+        image = np.random.default_rng(seed).random((1, 1, 224, 224), dtype=np.float32)
     raw = image.tobytes()
     header = {
         "inputs": [

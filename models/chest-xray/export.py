@@ -4,22 +4,41 @@ There is no imaging data in this repository, so the weights are seeded random de
 weights: the model exercises the GPU path and large request payloads, and predicts nothing.
 To adapt it, load your trained state_dict in place of the seeded init and replace the parity
 images with real (de-identified) ones. Nothing is written to disk: the ONNX bytes stay in memory.
+
+DICOM: :data:`PREPROCESSING` declares how a CR or DX radiograph becomes the model's input; it is
+recorded in the manifest (``extensions["dicom"]``) and the server runs the same
+:func:`phiserve.dicom.preprocess` from it, so train your weights on images made by
+:func:`preprocess`.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (PyTorch's conventional alias)
+from pydicom.dataset import Dataset
 from torch import nn
 
+from phiserve.dicom import DicomPreprocessing
+from phiserve.dicom import preprocess as dicom_preprocess
 from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
 from phiserve.monitoring import reference_block
 
 NAME = "chest-xray"
 CLASSES = ("normal", "pneumonia", "other")  # demonstration labels only
 PARITY_SAMPLES = 100  # the minimum check_parity accepts; keeps the export quick on CPU
+# The window from the instance (min-max without one), MONOCHROME1 inverted, the aspect ratio kept
+# (padded with black), box-filtered to 224 x 224, left in [0, 1].
+PREPROCESSING = DicomPreprocessing(
+    input="image", modalities=("CR", "DX"), height=224, width=224, voi="header", fit="pad"
+)
+
+
+def preprocess(ds: Dataset) -> np.ndarray:
+    """One DICOM radiograph as the model's input ``[1, 1, 224, 224]``, as served."""
+    return dicom_preprocess(ds, PREPROCESSING)
 
 
 class SmallCNN(nn.Module):
@@ -93,7 +112,11 @@ def export(seed: int = 0) -> ExportedModel:
         ),
         training_data=f"None. Demonstration weights: seeded random initialisation (seed {seed}).",
         evaluation_data="None: the model has not been evaluated and has no clinical performance.",
-        input_format="One grayscale image per row, 224 x 224, float32 scaled to [0, 1].",
+        input_format=(
+            "One grayscale image per row, 224 x 224, float32 scaled to [0, 1]; or one CR/DX "
+            "DICOM instance per request to the /dicom route, preprocessed as the manifest's "
+            "extensions.dicom block declares."
+        ),
         output_format=(
             f"Logits float32 [N, {len(CLASSES)}] over the demonstration labels "
             f"{list(CLASSES)}; softmax gives probabilities. They carry no clinical meaning."
@@ -137,5 +160,5 @@ def export(seed: int = 0) -> ExportedModel:
         metrics,
         card,
         {"max_batch_size": 32},
-        extensions={"monitoring": monitoring},
+        extensions={"dicom": PREPROCESSING.model_dump(mode="json"), "monitoring": monitoring},
     )

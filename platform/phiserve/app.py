@@ -4,7 +4,7 @@ passes through. Wiring only; each piece lives in the folder named for its concer
 Outermost first: request context (route matched once) -> telemetry (server span, metrics) ->
 audit (one durable record per request, allowed or refused) -> FHIR routes' errors as
 OperationOutcome -> authentication and authorization -> the router, which dispatches to the V2
-handlers, the FHIR route and /metrics. All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
+handlers, the FHIR and DICOM routes and /metrics. All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
 read the body.
 """
 
@@ -27,6 +27,9 @@ from phiserve.crypto import key_provider_from_settings
 from phiserve.dataplane import DataPlane
 from phiserve.deferral.hook import deferral_hook
 from phiserve.deferral.metrics import DEFERRALS
+from phiserve.dicom import dicom_hook
+from phiserve.dicom.http import ROUTES as DICOM_ROUTES
+from phiserve.dicom.http import DicomHandlers, DicomLimits
 from phiserve.errors import ConfigurationError, NotFound, send_error
 from phiserve.explain.hook import explanation_hook
 from phiserve.fhir.http import ROUTES as FHIR_ROUTES
@@ -60,6 +63,7 @@ class Platform:
     app: ASGIApp
     audit: AuditWriter | None
     monitor: Monitor | None = None
+    dicom: DicomHandlers | None = None
 
     async def start(self) -> None:
         """Open the audit trail, start exporters and load models (in the worker process)."""
@@ -69,6 +73,8 @@ class Platform:
             await asyncio.to_thread(self.audit.start)
         if self.monitor:
             self.monitor.start()
+        if self.dicom:
+            self.dicom.decoders.start()
         await self.dataplane.start()
         tune_gc(self.settings.gc_thresholds)
 
@@ -77,6 +83,8 @@ class Platform:
         await self.dataplane.stop()
         if self.monitor:
             await asyncio.to_thread(self.monitor.stop)
+        if self.dicom:
+            await asyncio.to_thread(self.dicom.decoders.close)
         if self.audit:
             await self.audit.aclose()
         telemetry.shutdown_tracing()
@@ -100,15 +108,16 @@ def build_platform(settings: Settings) -> Platform:
         partial(key_provider_from_settings, settings),
         runtimes(settings),
         pinned_versions=settings.pinned_versions,
-        # Per version, in this order: FHIR mapping (validated; no work per request),
-        # explanations, deferral, monitoring; later hooks see the parameters earlier ones add.
-        hooks=(mapping_hook, explanation_hook, deferral_hook)
+        # Per version, in this order: DICOM preprocessing and FHIR mapping (validated; no work
+        # per request), explanations, deferral, monitoring; later hooks see the parameters
+        # earlier ones add.
+        hooks=(dicom_hook, mapping_hook, explanation_hook, deferral_hook)
         + ((monitor.hook_factory,) if monitor else ()),
     )
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
     if monitor:
         monitor.health_checks = dataplane.health_checks
-    specs = [*V2_ROUTES, *FHIR_ROUTES, METRICS_ROUTE]
+    specs = [*V2_ROUTES, *FHIR_ROUTES, *DICOM_ROUTES, METRICS_ROUTE]
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
     fhir = FhirHandlers(
         dataplane,
@@ -117,10 +126,16 @@ def build_platform(settings: Settings) -> Platform:
         max_entries=settings.fhir_max_entries,
         future_skew=timedelta(seconds=settings.fhir_future_skew_s),
     )
+    dicom = DicomHandlers(dataplane, DicomLimits.from_settings(settings), pseudonymize)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
     if settings.metrics_enabled:
         DEFERRALS.register(telemetry.METRICS.registry)
-    handlers: dict[str, Handler] = {**v2.handlers(), **fhir.handlers(), METRICS_ROUTE.name: metrics}
+    handlers: dict[str, Handler] = {
+        **v2.handlers(),
+        **fhir.handlers(),
+        **dicom.handlers(),
+        METRICS_ROUTE.name: metrics,
+    }
     if monitor:
         specs.append(OUTCOME_ROUTE)
         handlers.update(OutcomeHandlers(dataplane, monitor, pseudonymize).handlers())
@@ -147,6 +162,7 @@ def build_platform(settings: Settings) -> Platform:
         app=app,
         audit=audit,
         monitor=monitor,
+        dicom=dicom,
     )
 
 

@@ -131,6 +131,20 @@ class Settings(BaseSettings):
     # Observations waiting for the worker beyond this many are dropped (and counted).
     monitoring_queue_max: PositiveInt = 10_000
 
+    # --- DICOM in (phiserve.dicom) ------------------------------------------------------------
+    # Largest DICOM instance accepted, in bytes: the whole body of an application/dicom request,
+    # each part of a multipart/related one (whose whole body max_request_bytes bounds).
+    dicom_max_instance_bytes: PositiveInt = 32 * 1024 * 1024
+    # Largest image accepted (Rows x Columns; a 43 cm DX detector at 0.1 mm is 18.5 M), checked
+    # against the header and the compressed stream before anything is decoded. Preparing one
+    # takes about 21 bytes per pixel at peak (pydicom's VOI works in float64): 525 MB here.
+    dicom_max_pixels: PositiveInt = 25_000_000
+    # Instances in one multipart/related request; at most 32, the audit record's list bound.
+    dicom_max_instances: int = Field(default=16, ge=1, le=32)
+    # Worker processes that decode DICOM off the event loop (per server worker; about 100 MB
+    # each at rest): times the peak above, this bounds the memory decoding can take at once.
+    dicom_decode_processes: int = Field(default=2, ge=1, le=64)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

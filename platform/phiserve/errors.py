@@ -90,8 +90,15 @@ class PayloadTooLarge(PhiserveError):
     status = 413
 
 
+class UnsupportedMediaType(PhiserveError):
+    """The body's media type, or an encoding inside it (a DICOM transfer syntax), is not accepted."""
+
+    status = 415
+
+
 class Unprocessable(PhiserveError):
-    """Well-formed input the model cannot use as it stands (a FHIR unit it cannot convert)."""
+    """Well-formed input the model cannot use as it stands (a FHIR unit it cannot convert, a
+    DICOM modality it was not made for)."""
 
     status = 422
 
