@@ -208,7 +208,7 @@ class TokenVerifier:
                 leeway=self.leeway_s,
             )
         except jwt_errors.PyJWTError as exc:
-            raise _refusal(exc) from None
+            raise refusal(exc) from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not _SUBJECT_OK.match(subject):
             raise MalformedToken("malformed claim: sub")
@@ -262,8 +262,13 @@ class TokenVerifier:
         await asyncio.shield(inflight)
 
 
-def _refusal(exc: jwt_errors.PyJWTError) -> InvalidToken:
-    """Map a PyJWT error to our cause class; PyJWT's own message is never passed on."""
+def refusal(
+    exc: jwt_errors.PyJWTError, required: tuple[str, ...] = _REQUIRED_CLAIMS
+) -> InvalidToken:
+    """Map a PyJWT error to our cause class; PyJWT's own message is never passed on.
+
+    ``required`` names the claims a missing-claim message may name (the caller's required ones).
+    """
     match exc:
         case jwt_errors.ExpiredSignatureError():
             return TokenExpired()
@@ -274,7 +279,7 @@ def _refusal(exc: jwt_errors.PyJWTError) -> InvalidToken:
         case jwt_errors.InvalidAudienceError():
             return WrongAudience()
         case jwt_errors.MissingRequiredClaimError():
-            claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "claim"
+            claim = exc.claim if exc.claim in required else "claim"
             return MissingClaim(f"missing required claim: {claim}")
         case jwt_errors.InvalidSignatureError():
             return BadSignature()

@@ -1,0 +1,86 @@
+"""Prometheus series of the CDS Hooks services, collected from plain counters at scrape time
+(see phiserve.telemetry.metrics for why not prometheus_client's metric classes).
+
+Every label is bounded: model and version through ``METRICS.labels`` (unknown: ``_unknown``),
+the card's decision (the clinical result's), the feedback outcome (accepted | overridden), the
+override reason (a code from the cards' own list, ``other`` or ``none``), and the outcome of a
+read from the EHR's FHIR server (``ok`` or a cause of phiserve.cds.fetch) by prefetch key (the
+service's own keys). Never a value from a request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from phiserve.telemetry import METRICS
+
+
+class CdsMetrics:
+    """Counts of cards issued, feedback received and FHIR server reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cards: Counter[tuple[str, str, str]] = Counter()
+        self._feedback: Counter[tuple[str, str, str, str]] = Counter()
+        self._reads: Counter[tuple[str, str]] = Counter()
+
+    def card_issued(self, model: str, version: int, decision: str) -> None:
+        """One card went out."""
+        key = (*METRICS.labels(model, version), decision)
+        with self._lock:
+            self._cards[key] += 1
+
+    def feedback(self, model: str, version: int, outcome: str, reason: str) -> None:
+        """One feedback item was joined to its card."""
+        key = (*METRICS.labels(model, version), outcome, reason)
+        with self._lock:
+            self._feedback[key] += 1
+
+    def fhir_read(self, key: str, outcome: str) -> None:
+        """One prefetch key was read from the EHR's FHIR server."""
+        with self._lock:
+            self._reads[(key, outcome)] += 1
+
+    def reset(self) -> None:
+        """Drop every series (tests)."""
+        with self._lock:
+            self._cards.clear()
+            self._feedback.clear()
+            self._reads.clear()
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for the registry (called at scrape time)."""
+        with self._lock:
+            cards, feedback, reads = dict(self._cards), dict(self._feedback), dict(self._reads)
+        family = CounterMetricFamily(
+            "phiserve_cds_cards",
+            "CDS Hooks cards issued, by decision.",
+            labels=["model", "version", "decision"],
+        )
+        for labels, n in cards.items():
+            family.add_metric(list(labels), n)
+        yield family
+        family = CounterMetricFamily(
+            "phiserve_cds_feedback",
+            "CDS Hooks feedback joined to an issued card, by outcome and override reason.",
+            labels=["model", "version", "outcome", "reason"],
+        )
+        for labels, n in feedback.items():
+            family.add_metric(list(labels), n)
+        yield family
+        family = CounterMetricFamily(
+            "phiserve_cds_fhir_reads",
+            "Prefetch keys read from the EHR's FHIR server, by outcome.",
+            labels=["key", "outcome"],
+        )
+        for labels, n in reads.items():
+            family.add_metric(list(labels), n)
+        yield family
+
+
+CDS_METRICS = CdsMetrics()
+METRICS.registry.register(CDS_METRICS)  # once per process, like METRICS itself
