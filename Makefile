@@ -10,18 +10,20 @@ TOOLS  := .tools
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
 .PHONY: help setup tools serve test lint format bench bench-crypto chart-docs chart-check tf-check \
-        loadtest demo soak helm-values clean
+        loadtest loadtest-chart demo soak helm-values clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml loadtests/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[export,aws,vault,loadtest,dev]'
+	# Two distributions: the server (platform/phiserve) and the load-test library
+	# (loadtests/phiserve_load), which loadtests/, benchmarks/ and tests/ import.
+	$(BIN)/pip install -q -e '.[export,aws,vault,loadtest,dev]' -e './loadtests[report]'
 	touch $@
 
 setup: $(STAMP) ## create the virtual environment (once)
@@ -61,6 +63,10 @@ tf-check: setup tools ## terraform fmt/validate and checkov on terraform/
 
 loadtest: setup ## locust against a running server (HOST=http://127.0.0.1:3000)
 	bash loadtests/run.sh
+
+loadtest-chart: tools ## copy the load-test code into loadtests/chart and package it into dist/
+	bash loadtests/stage-chart.sh
+	helm package loadtests/chart --destination dist
 
 demo: setup ## the whole job end to end: models, serve, load test, report
 	bash loadtests/demo.sh

@@ -7,15 +7,17 @@ closed
     ``users`` FastHttpUsers, each sending its next request as soon as the previous one answered
     (wait_time 0). Throughput is what the server sustains; latency is per request.
 open
-    a fixed arrival rate: a scheduler greenlet starts request *i* at ``t0 + i / rate`` whatever
-    happened to earlier ones, and latency is measured from that *intended* start. A slow server
-    therefore shows up as queueing delay instead of silently lowering the offered load
-    (coordinated omission). Requests that would exceed ``max_outstanding`` in flight are not sent
-    and count as errors ("dropped").
+    a fixed arrival rate, sent by the load-test library's open loop
+    (:func:`phiserve_load.openloop.dispatch`, as ``make loadtest --load-shape open`` does):
+    request *i* starts at its scheduled time whatever happened to earlier ones, and latency is
+    measured from that *intended* start. A slow server therefore shows up as queueing delay
+    instead of silently lowering the offered load (coordinated omission). Arrivals that would
+    exceed ``max_outstanding`` in flight are not sent and count as errors ("dropped").
 
-Samples come from locust's ``request`` event hook (float milliseconds, not locust's rounded
-percentile buckets). Only requests that *complete* inside the measurement window, after the
-warm-up, are kept.
+Each request becomes one :class:`phiserve_load.samples.Sample` (float milliseconds from locust's
+``request`` event, not locust's rounded percentile buckets), which :mod:`benchmarks.stats`
+summarises with the library's exact percentiles. Only requests that *complete* inside the
+measurement window, after the warm-up, are kept.
 """
 
 from __future__ import annotations
@@ -25,21 +27,28 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402 - after monkey-patching, as gevent requires
+import math  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-import gevent.pool  # noqa: E402
 import psutil  # noqa: E402
 from locust import FastHttpUser, constant, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 from benchmarks.machine import cpu_seconds, process_tree  # noqa: E402
 from benchmarks.payloads import Payload  # noqa: E402
+from phiserve_load import openloop  # noqa: E402
+from phiserve_load.arrivals import Segment, arrivals  # noqa: E402
+from phiserve_load.samples import Sample  # noqa: E402
+
+DROPPED = "dropped: too many in flight (open loop)"
 
 
 @dataclass
@@ -67,12 +76,12 @@ class LoadResult:
     rate: float
     window_s: float
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # dropped ones included
     dropped: int = 0
-    # Successful requests only, in ms. Open loop: from the intended start (coordinated-omission
-    # free); ``service_ms`` holds the plain send-to-answer time for comparison.
-    latency_ms: list[float] = field(default_factory=list)
-    service_ms: list[float] = field(default_factory=list)
+    # Every request of the window, as :meth:`phiserve_load.samples.Sample.to_wire` rows. Open
+    # loop: ``latency_ms`` runs from the intended start (coordinated-omission free) and
+    # ``service_ms`` is the plain send-to-answer time.
+    samples: list[list[Any]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     server_cpu_s: float = 0.0
     loadgen_cpu_s: float = 0.0
@@ -86,32 +95,51 @@ def run(config: LoadConfig) -> LoadResult:
     headers = dict(payload.headers)
     if config.token:
         headers["Authorization"] = f"Bearer {config.token}"
+    # The binary tensor extension announces its JSON header's length; plain JSON does not.
+    encoding = "binary" if "Inference-Header-Content-Length" in headers else "json"
     result = LoadResult(config.mode, config.users, config.rate, config.seconds)
+    samples: list[Sample] = []
     window = {"start": float("inf"), "end": float("inf")}
+
+    def record(
+        t_start: float, latency: float, service: float, lag: float, status: int, error: str
+    ) -> None:
+        # batch 0: the payload is opaque bytes here, its rows are not counted.
+        samples.append(
+            Sample(t_start, time.time(), "infer", payload.model, "", encoding, 0, latency,
+                   service, lag, not error, status, error, -1)
+        )  # fmt: skip
 
     def on_request(
         response_time: float,
+        response: Any,
         context: dict[str, Any],
         exception: BaseException | None,
         start_time: float,
         **_: Any,
     ) -> None:
-        now = time.time()
         # Keep only requests that completed inside the window (after warm-up, before the stop).
-        if not window["start"] <= now <= window["end"]:
+        if not window["start"] <= time.time() <= window["end"]:
             return
-        if exception is not None:
-            result.failed += 1
-            key = str(exception)[:120]
-            result.errors[key] = result.errors.get(key, 0) + 1
-            return
-        result.ok += 1
+        status = getattr(response, "status_code", 0) or 0
+        error = "" if exception is None else str(exception)[:120]
         intended = context.get("intended")
-        if intended is not None:
-            result.latency_ms.append((time.perf_counter() - intended) * 1000.0)
-            result.service_ms.append(response_time)
-        else:
-            result.latency_ms.append(response_time)
+        if intended is None:
+            record(start_time, response_time, response_time, 0.0, status, error)
+            return
+        now = time.perf_counter()
+        record(
+            time.time() - (now - intended),
+            (now - intended) * 1000.0,
+            response_time,
+            (context["sent"] - intended) * 1000.0,
+            status,
+            error,
+        )
+
+    def drop(intended: float, _step: int) -> None:
+        if window["start"] <= time.time() <= window["end"]:
+            record(time.time() - (time.perf_counter() - intended), 0.0, 0.0, 0.0, 0, DROPPED)
 
     class ClosedUser(FastHttpUser):
         host = config.host
@@ -130,29 +158,18 @@ def run(config: LoadConfig) -> LoadResult:
 
         @task
         def schedule(self) -> None:
-            pool = gevent.pool.Pool(config.max_outstanding)
-            interval = 1.0 / config.rate
-            t0 = time.perf_counter()
-            i = 0
-            while True:
-                intended = t0 + i * interval
-                delay = intended - time.perf_counter()
-                if delay > 0:
-                    gevent.sleep(delay)
-                i += 1
-                if pool.full():
-                    if window["start"] <= time.time() <= window["end"]:
-                        result.dropped += 1
-                    continue
-                pool.spawn(self._send, intended)
+            # Endless: the runner's quit ends it. The generator only draws the schedule's phase.
+            rng = random.Random(0)  # noqa: S311 - not a secret
+            endless = arrivals([Segment(0.0, math.inf, config.rate)], "constant", rng)
+            openloop.dispatch(endless, self._send, drop, max_outstanding=config.max_outstanding)
 
-        def _send(self, intended: float) -> None:
+        def _send(self, intended: float, _step: int) -> None:
             self.client.post(
                 payload.path,
                 data=payload.body,
                 headers=headers,
                 name="infer",
-                context={"intended": intended},
+                context={"intended": intended, "sent": time.perf_counter()},
             )
 
     user = ClosedUser if config.mode == "closed" else OpenUser
@@ -179,9 +196,11 @@ def run(config: LoadConfig) -> LoadResult:
     busy = (sum(sys1) - sys1.idle - sys1.iowait) - (sum(sys0) - sys0.idle - sys0.iowait)
     total = sum(sys1) - sum(sys0)
     result.machine_busy = busy / total if total > 0 else 0.0
-    result.failed += result.dropped
-    if result.dropped:
-        result.errors["dropped: too many in flight (open loop)"] = result.dropped
+    result.samples = [s.to_wire() for s in samples]
+    result.ok = sum(s.ok for s in samples)
+    result.failed = len(samples) - result.ok
+    result.errors = dict(Counter(s.error for s in samples if not s.ok))
+    result.dropped = result.errors.get(DROPPED, 0)
     return result
 
 

@@ -50,8 +50,8 @@ _ROLES = (
     ("audit writer thread", ("AuditWriter._run",)),
     ("onnxruntime executor thread", ("_worker (concurrent/futures/thread.py",)),
     (
-        "span pipe thread (hands spans to the export process)",
-        ("SpanPipe._run", "BatchProcessor", "opentelemetry/exporter"),
+        "span export thread (the SDK's batch processor and OTLP exporter)",
+        ("BatchProcessor", "opentelemetry/exporter"),
     ),
 )
 

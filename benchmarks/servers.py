@@ -162,15 +162,22 @@ def _plain_env(**extra: str) -> dict[str, str]:
 
 
 def start_phiserve(
-    label: str, base_home: Path, workdir: Path, env: dict[str, str], *, auth: bool
+    label: str,
+    base_home: Path,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    auth: bool,
+    command: list[str] | None = None,
 ) -> BenchServer:
     """``phiserve serve`` on a private copy of ``base_home`` (own audit dir, own BentoML home).
 
     ``auth``: issue a dev bearer token (``phiserve token issue``) for the load generator.
+    ``command``: run this instead of ``phiserve serve`` (same settings, same home).
     """
-    home = workdir / label.replace(" ", "-").replace("=", "")
+    home = workdir / label.replace(" ", "-").replace("=", "").replace("(", "").replace(")", "")
     shutil.copytree(base_home, home)
-    proc = ServerProcess(home, wait_ready=False, timeout=180, **env)
+    proc = ServerProcess(home, wait_ready=False, timeout=180, command=command, **env)
     token = None
     if auth:
         # The longest lifetime the dev CLI allows: the whole benchmark must fit inside it.

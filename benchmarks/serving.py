@@ -3,11 +3,15 @@
 One run prepares a phiserve home (dev keys, example models), starts side by side on this machine
 
 * phiserve serving ``breast-cancer`` as shipped (auth and audit at their defaults, tracing off),
-  with auth and audit off, and with OpenTelemetry tracing exported to a local sink at sample
-  ratio 1.0 and 0.0 (each compared with tracing off, the shipped server);
+  with auth and audit off, and with OpenTelemetry tracing (the SDK's batch processor and
+  OTLP/HTTP exporter, to a local sink) sampling 10% and 100% of requests with
+  ``parentbased_traceidratio`` (each compared with tracing off, the shipped server: req/s, p50
+  and p99 ratios side by side; information, not a gate);
 * Seldon MLServer 1.7 (its own venv, ``tools/bench-venvs.sh``) serving the same ONNX model through
   :mod:`benchmarks.mlserver_runtime`, with MLServer's default settings;
 * the floor (:mod:`benchmarks.floor`): the same onnxruntime call behind a bare Starlette route;
+* phiserve's own stack on plain uvicorn (:mod:`benchmarks.bare_stack`), as shipped but without
+  BentoML: the shipped/bare ratios are what BentoML's layers in front of phiserve cost;
 
 and drives each in turn, one at a time, with the same locust load (:mod:`benchmarks.loadgen`): a
 closed loop of 32 users and an open loop at a fixed arrival rate. Every measured run is repeated
@@ -17,8 +21,8 @@ medians. Then chest-xray with dynamic batching on and off shows what batching bu
 Knobs (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_REPEATS (3), BENCH_USERS (32),
 BENCH_RATE (600 req/s, open loop), BENCH_MAX_OUTSTANDING (256), BENCH_XRAY_USERS (16),
 BENCH_XRAY_SECONDS (BENCH_SECONDS), BENCH_XRAY_REPEATS (2), BENCH_ONLY (comma list of
-phiserve, features, tracing, mlserver, mlserver-nolog, floor, open, xray; default all), BENCH_HOME (reuse a
-prepared phiserve home instead of building the example models), BENCH_OUT (reports/bench),
+phiserve, features, tracing, bentoml, mlserver, mlserver-nolog, floor, open, xray; default all),
+BENCH_HOME (reuse a prepared phiserve home instead of building the example models), BENCH_OUT (reports/bench),
 BENCH_INSTALL_MLSERVER (1: create .venv-mlserver with tools/bench-venvs.sh when it is missing).
 
 This machine is shared (other sessions run test suites on the same two cores), so before each
@@ -71,7 +75,12 @@ from benchmarks.stats import (
     table_rows,
 )
 
-GROUPS = ("phiserve", "features", "tracing", "mlserver", "mlserver-nolog", "floor", "open", "xray")
+GROUPS = (
+    "phiserve", "features", "tracing", "bentoml", "mlserver", "mlserver-nolog", "floor", "open",
+    "xray",
+)  # fmt: skip
+# phiserve's stack under plain uvicorn (benchmarks.bare_stack): the "bentoml" group's baseline.
+BARE_STACK = [sys.executable, "-m", "benchmarks.bare_stack"]
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,7 @@ def phiserve_variants(sink_url: str) -> dict[str, tuple[str, dict[str, str], boo
         "shipped": ("phiserve (as shipped)", {}, True),
         "off": ("phiserve (auth+audit off)", dict(_OFF), False),
         "trace1": ("phiserve (trace 1.0)", _otel("1.0", sink_url), True),
-        "trace0": ("phiserve (trace 0.0)", _otel("0.0", sink_url), True),
+        "trace01": ("phiserve (trace 0.1)", _otel("0.1", sink_url), True),
         "xray-unbatched": (
             "phiserve (batching off)",
             {**_OFF, "PHISERVE_BATCHING__ENABLED": "false"},
@@ -202,9 +211,11 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
         closed.append(("features", "off", "phiserve (auth+audit off)"))
     if "tracing" in cfg.only:
         closed += [
+            ("tracing", "trace01", "phiserve (trace 0.1)"),
             ("tracing", "trace1", "phiserve (trace 1.0)"),
-            ("tracing", "trace0", "phiserve (trace 0.0)"),
         ]
+    if "bentoml" in cfg.only:
+        closed.append(("bentoml", "bare", "phiserve stack on plain uvicorn"))
     if mlserver:
         closed.append(("mlserver", "mlserver", "MLServer 1.7"))
         # MLServer's default debug=true turns uvicorn's access log on; a user who reads the docs
@@ -212,8 +223,8 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
         closed.append(("mlserver-nolog", "mlserver-nolog", "MLServer 1.7 (debug=false)"))
     closed.append(("floor", "floor", "floor (Starlette)"))
     out: list[Scenario] = []
-    # The shipped server is the baseline of the features and tracing ratios too.
-    baseline = {"phiserve", "features", "tracing"} & set(cfg.only)
+    # The shipped server is the baseline of the features, tracing and BentoML ratios too.
+    baseline = {"phiserve", "features", "tracing", "bentoml"} & set(cfg.only)
     for group, server, label in closed:
         if group not in cfg.only and not (server == "shipped" and baseline):
             continue
@@ -465,23 +476,62 @@ def compute_ratios(
             "(info)",
             None,
         )
+    bare = m("bare/closed")
+    if ship and bare:
+        for figure, attr in TRACING_FIGURES:
+            value = _ratio(getattr(ship, attr), getattr(bare, attr))
+            add(f"BentoML layers: shipped/bare stack {figure}", value, "(info)", None)
     off = m("off/closed")
     if ship and off:
         r = _ratio(ship.throughput, off.throughput)
         add("auth+audit on/off throughput", r, ">= 0.90", r >= 0.90)
     # Tracing's cost against tracing off (the shipped server, auth and audit on in all three).
-    t1, t0 = m("trace1/closed"), m("trace0/closed")
-    if t1 and ship:
-        r = _ratio(t1.throughput, ship.throughput)
-        add("tracing 1.0/off throughput", r, ">= 0.90", r >= 0.90)
-    if t0 and ship:
-        add("tracing 0.0/off throughput", _ratio(t0.throughput, ship.throughput), "(info)", None)
-    if t1 and t0:
-        add("tracing 1.0/0.0 throughput", _ratio(t1.throughput, t0.throughput), "(info)", None)
+    for ratio, key in TRACING:
+        traced = m(key)
+        if traced and ship:
+            for figure, attr in TRACING_FIGURES:
+                value = _ratio(getattr(traced, attr), getattr(ship, attr))
+                add(f"tracing {ratio}/off {figure}", value, "(info)", None)
     xb, xu = m("xray/batched"), m("xray/unbatched")
     if xb and xu:
         r = _ratio(xb.throughput, xu.throughput)
         add(f"chest-xray batched/unbatched throughput, {cfg.xray_users}u", r, "(> 1: pays)", None)
+    return rows
+
+
+# Sampling ratio -> scenario, and the figures compared with tracing off.
+TRACING = (("0.1", "trace01/closed"), ("1.0", "trace1/closed"))
+TRACING_FIGURES = (("throughput", "throughput"), ("p50", "p50_ms"), ("p99", "p99_ms"))
+TRACING_HEADERS = [
+    "server",
+    "mode",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "req/s /off",
+    "p50 /off",
+    "p99 /off",
+]
+
+
+def tracing_rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
+    """Tracing off, 0.1 and 1.0 side by side: figures and their ratios to tracing off."""
+    off = outcomes.get("shipped/closed")
+    if off is None or not any(key in outcomes for _, key in TRACING):
+        return []
+    rows = []
+    for outcome in [off, *(outcomes[key] for _, key in TRACING if key in outcomes)]:
+        s, base = outcome.median, off.median
+        rows.append(
+            [
+                outcome.scenario.label,
+                outcome.scenario.mode_label,
+                f"{s.throughput:,.0f}",
+                f"{s.p50_ms:.2f}",
+                f"{s.p99_ms:.2f}",
+                *(f"{_ratio(getattr(s, a), getattr(base, a)):.2f}" for _, a in TRACING_FIGURES),
+            ]
+        )
     return rows
 
 
@@ -515,6 +565,10 @@ def start_servers(
         if key in variants:
             label, env, auth = variants[key]
             servers[key] = start_phiserve(label, base_home, tmp, env, auth=auth)
+        elif key == "bare":
+            servers[key] = start_phiserve(
+                "phiserve stack on plain uvicorn", base_home, tmp, {}, auth=True, command=BARE_STACK
+            )
         elif key == "mlserver":
             assert model_file is not None
             servers[key] = start_mlserver(BREAST_CANCER, model_file, tmp, label="MLServer")
@@ -611,12 +665,20 @@ def feature_checks(servers: dict[str, BenchServer], sink: BenchServer | None) ->
     if sink is not None:
         got = sink_stats(sink)
         if got.get("posts", 0) == 0:
-            time.sleep(6)  # the span pipe hands spans over every 5 s by default
+            time.sleep(6)  # the SDK's batch processor exports every 5 s by default
             got = sink_stats(sink)
         notes.append(
             f"OTLP sink received {got['posts']} export(s), {got['bytes']:,} bytes"
             + ("" if got["posts"] > 0 else " -> tracing NOT active in this build")
         )
+    for key in ("trace01", "trace1"):
+        if key in servers:
+            # The SDK's batch processor logs each span it drops because its queue is full.
+            dropped = servers[key].log().count("Queue full, dropping")
+            notes.append(
+                f"{servers[key].label}: {dropped} span(s) dropped by a full export queue"
+                + (" -> its cost is understated (OTEL_BSP_MAX_QUEUE_SIZE)" if dropped else "")
+            )
     return notes
 
 
@@ -653,7 +715,7 @@ def main() -> int:
             model_file = extract_plaintext(base_home, BREAST_CANCER, tmp / "plain" / "model.onnx")
         sink: BenchServer | None = None
         try:
-            if needed & {"trace1", "trace0"}:
+            if needed & {"trace1", "trace01"}:
                 sink = start_sink(tmp)
                 sink.wait_ready(path="/stats")
             start_servers(needed, base_home, model_file, sink, tmp, servers)
@@ -721,6 +783,11 @@ def describe_servers(
                 "floor: benchmarks/floor.py, Starlette route, uvicorn httptools + uvloop, "
                 "1 worker, no access log, inference inline on the event loop"
             )
+        elif key == "bare":
+            lines.append(
+                f"{s.label}: benchmarks/bare_stack.py, phiserve's ASGI stack with the shipped "
+                "settings on uvicorn (httptools + uvloop, no access log), without BentoML"
+            )
         else:
             env = " ".join(f"{k}={v}" for k, v in s.settings.items() if "ENDPOINT" not in k)
             lines.append(f"{s.label}: `phiserve serve` {env or '(defaults)'}")
@@ -760,6 +827,7 @@ def build_report(
         if o.scenario.key.startswith("xray/")
     ]
     ratios = compute_ratios(outcomes, cfg)
+    traced = tracing_rows(outcomes)
     ratio_lines = [
         f"  {name:<48} {value:6.2f}   goal {goal:<11} {verdict}"
         for name, value, goal, verdict in ratios
@@ -775,6 +843,9 @@ def build_report(
     if xray_rows:
         text += ["", "chest-xray, 1x1x224x224 FP32 per request, binary tensor extension", ""]
         text.append(render_text(HEADERS, table_rows(xray_rows)))
+    if traced:
+        text += ["", "tracing cost (parentbased_traceidratio, OTLP/HTTP to a local sink)", ""]
+        text.append(render_text(TRACING_HEADERS, traced))
     text += ["", "ratios (of medians)", *ratio_lines]
     if errors:
         text += ["", "errors seen", *errors]
@@ -785,6 +856,8 @@ def build_report(
     md += ["## breast-cancer (medians)", "", render_markdown(HEADERS, table_rows(main_rows))]
     if xray_rows:
         md += ["", "## chest-xray", "", render_markdown(HEADERS, table_rows(xray_rows))]
+    if traced:
+        md += ["", "## Tracing cost", "", render_markdown(TRACING_HEADERS, traced)]
     md += ["", "## Ratios", "", "| ratio | value | goal | verdict |", "| --- | ---: | --- | --- |"]
     md += [f"| {n} | {v:.2f} | {g} | {verdict} |" for n, v, g, verdict in ratios]
     md += ["", "## Checks", "", *(f"- {n}" for n in notes)]

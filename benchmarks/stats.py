@@ -1,12 +1,18 @@
-"""Summaries of load-generator samples, medians over repeats, and the printed tables."""
+"""Summaries of load-generator samples, medians over repeats, and the printed tables.
+
+The figures of one run come from the load-test library (:func:`phiserve_load.samples.summarize`:
+exact percentiles over every request, the same as ``make loadtest`` reports) and its table
+renderer; what is the benchmark's own is here: CPU accounting, medians over repeats, the columns.
+"""
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
-import numpy as np
+from phiserve_load import report, samples
 
 
 @dataclass
@@ -26,7 +32,7 @@ class RunStats:
     # Cores' worth of CPU used by anything but the server and the load generator (other people's
     # test runs on a shared machine, idle servers): a run with much of it is not to be trusted.
     other_cpu: float
-    service_p99_ms: float = float("nan")  # open loop: p99 without queueing before the send
+    service_p99_ms: float = float("nan")  # send-to-answer p99 (open loop: without queueing)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe (NaN becomes None)."""
@@ -35,24 +41,19 @@ class RunStats:
         }
 
 
-def _pct(samples: np.ndarray, q: float) -> float:
-    return float(np.percentile(samples, q)) if samples.size else float("nan")
-
-
 def summarize(raw: dict[str, Any]) -> RunStats:
     """Turn a :class:`benchmarks.loadgen.LoadResult` (as a dict) into table numbers."""
-    lat = np.asarray(raw["latency_ms"], dtype=np.float64)
-    svc = np.asarray(raw["service_ms"], dtype=np.float64)
-    ok, failed, window = raw["ok"], raw["failed"], raw["window_s"] or float("nan")
+    window = raw["window_s"] or float("nan")
+    run = samples.summarize([samples.Sample.from_wire(r) for r in raw["samples"]], window)
     return RunStats(
-        throughput=ok / window,
-        p50_ms=_pct(lat, 50),
-        p95_ms=_pct(lat, 95),
-        p99_ms=_pct(lat, 99),
-        max_ms=float(lat.max()) if lat.size else float("nan"),
-        error_rate=failed / (ok + failed) if ok + failed else 0.0,
-        requests=ok + failed,
-        server_cpu_ms_per_req=1000.0 * raw["server_cpu_s"] / ok if ok else float("nan"),
+        throughput=run.throughput,
+        p50_ms=run.p50_ms,
+        p95_ms=run.p95_ms,
+        p99_ms=run.p99_ms,
+        max_ms=run.max_ms,
+        error_rate=run.error_rate,
+        requests=run.requests,
+        server_cpu_ms_per_req=1000.0 * raw["server_cpu_s"] / run.ok if run.ok else float("nan"),
         loadgen_cpu=raw["loadgen_cpu_s"] / window,
         machine_busy=raw["machine_busy"],
         other_cpu=max(
@@ -60,7 +61,7 @@ def summarize(raw: dict[str, Any]) -> RunStats:
             raw["machine_busy"] * raw.get("cores", 2)
             - (raw["server_cpu_s"] + raw["loadgen_cpu_s"]) / window,
         ),
-        service_p99_ms=_pct(svc, 99),
+        service_p99_ms=run.service_p99_ms,
     )
 
 
@@ -114,23 +115,6 @@ def table_rows(results: list[tuple[str, str, RunStats]]) -> list[list[str]]:
     return rows
 
 
-def render_text(headers: list[str], rows: list[list[str]]) -> str:
-    """A fixed-width table: first two columns left-aligned, numbers right-aligned."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for i, (cell, w) in enumerate(zip(cells, widths, strict=True)):
-            out.append(cell.ljust(w) if i < 2 else cell.rjust(w))
-        return "  ".join(out).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def render_markdown(headers: list[str], rows: list[list[str]]) -> str:
-    """The same table in GitHub markdown."""
-    align = ["---", "---"] + ["---:"] * (len(headers) - 2)
-    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+# Server and mode are the label columns of every benchmark table.
+render_text = partial(report.render_text, labels=2)
+render_markdown = partial(report.render_markdown, labels=2)

@@ -1,14 +1,10 @@
 """phiserve load test: ``locust -f loadtests/locustfile.py --host http://127.0.0.1:3000``.
 
-The code lives in ``loadtests/chart/files/phiserve_load`` so that the Helm chart in
-``loadtests/chart/`` can ship the very same files to the cluster (Helm reads files only from
-inside a chart). ``make loadtest`` and ``make demo`` wrap this; see ``loadtests/README.md``.
+The code is the ``phiserve_load`` package (loadtests/phiserve_load, installed by ``make setup``);
+the chart in ``loadtests/chart/`` ships this file and that package to the cluster, where the
+pods put them on ``PYTHONPATH``. ``make loadtest`` and ``make demo`` wrap this; see
+``loadtests/README.md``.
 """
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "chart" / "files"))
 
 from phiserve_load import hooks
 from phiserve_load.shapes import PhiserveShape

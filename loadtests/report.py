@@ -4,9 +4,6 @@ Useful after copying a cluster run's report directory to a machine with matplotl
 """
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "chart" / "files"))
 
 from phiserve_load.report import main
 

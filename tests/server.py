@@ -63,9 +63,17 @@ class ServerProcess:
     """A ``phiserve serve`` process on a free port; a context manager that waits for readiness."""
 
     def __init__(
-        self, home: Path, *, wait_ready: bool = True, timeout: float = 120.0, **env: str
+        self,
+        home: Path,
+        *,
+        wait_ready: bool = True,
+        timeout: float = 120.0,
+        command: list[str] | None = None,
+        **env: str,
     ) -> None:
         self.home = home
+        # What to run instead of ``phiserve serve`` (the benchmarks' bare stack, say).
+        self.command = command or [str(BIN / "phiserve"), "serve"]
         self.port = free_port()
         self.env = clean_env(home, PHISERVE_PORT=str(self.port), **env)
         self.wait_ready = wait_ready
@@ -96,7 +104,7 @@ class ServerProcess:
         """Start the process (in its own session, so signals reach the whole tree)."""
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the process lifetime
         self.proc = subprocess.Popen(
-            [str(BIN / "phiserve"), "serve"],
+            self.command,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -83,17 +83,39 @@ def test_serving_bench_phiserve_and_floor(built_home: Path, tmp_path: Path) -> N
     assert not any(p.suffix == ".onnx" for p in tmp_path.rglob("*")), "plaintext model left behind"
 
 
+def test_serving_bench_bentoml_layers(built_home: Path, tmp_path: Path) -> None:
+    proc = _run("benchmarks.serving", _tiny(built_home, tmp_path, "bentoml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for server in ("phiserve (as shipped)", "phiserve stack on plain uvicorn"):
+        _assert_numbers(_row(out, server, "closed 32u"))
+    for figure in ("throughput", "p50", "p99"):
+        name = f"BentoML layers: shipped/bare stack {figure}"
+        assert re.search(rf"^\s+{re.escape(name)}\s+{NUMBER}\s+goal \(info\)", out, re.M), out
+    # Both answered the authenticated probe: the bare stack is phiserve's, auth and all.
+    assert "auth as shipped: active" in out
+
+
 def test_serving_bench_tracing_against_tracing_off(built_home: Path, tmp_path: Path) -> None:
     proc = _run("benchmarks.serving", _tiny(built_home, tmp_path, "tracing"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for server in ("phiserve (as shipped)", "phiserve (trace 1.0)", "phiserve (trace 0.0)"):
+    for server in ("phiserve (as shipped)", "phiserve (trace 0.1)", "phiserve (trace 1.0)"):
         _assert_numbers(_row(out, server, "closed 32u"))
-    for ratio in ("tracing 1.0/off", "tracing 0.0/off", "tracing 1.0/0.0"):
-        assert re.search(rf"^\s+{re.escape(ratio)} throughput\s+{NUMBER}\s+goal", out, re.M), out
-    # The spans really left the server: the export process posted them to the sink.
+    # The side-by-side block: req/s, p50, p99, then the three ratios to tracing off.
+    block = out[out.index("tracing cost") :]
+    for server in ("phiserve (trace 0.1)", "phiserve (trace 1.0)"):
+        cells = _row(block, server, "closed 32u")
+        assert len(cells) == 6 and all(re.fullmatch(NUMBER, c) for c in cells), cells
+    for ratio in ("0.1", "1.0"):
+        for figure in ("throughput", "p50", "p99"):
+            name = f"tracing {ratio}/off {figure}"
+            assert re.search(rf"^\s+{re.escape(name)}\s+{NUMBER}\s+goal \(info\)", out, re.M), out
+    assert "tracing 1.0/0.0" not in out
+    # The spans really left the servers: the SDK's exporter posted them to the sink.
     match = re.search(r"OTLP sink received (\d+) export", out)
     assert match and int(match.group(1)) > 0, out
+    assert re.search(r"phiserve \(trace 1\.0\): \d+ span\(s\) dropped", out), out
 
 
 def test_serving_bench_mlserver(built_home: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""Helpers for the load-test tests: run locust as a user would, and import the locust-free modules.
+"""Helpers for the load-test tests: run locust as a user would, stage the chart's code.
 
-Unit tests import ``phiserve_load`` modules that need neither locust nor gevent (importing
-locust monkey-patches the whole pytest process); everything that does runs in a subprocess.
+``phiserve_load`` is installed by ``make setup`` (loadtests/pyproject.toml). Unit tests import its
+modules that need neither locust nor gevent (importing locust monkey-patches the whole pytest
+process); everything that does runs in a subprocess.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOADTESTS = REPO_ROOT / "loadtests"
-CODE_DIR = LOADTESTS / "chart" / "files"
+CHART = LOADTESTS / "chart"
+CHART_FILES = CHART / "files"
 LOCUSTFILE = LOADTESTS / "locustfile.py"
 BIN = Path(sys.executable).parent
 
-if str(CODE_DIR) not in sys.path:
-    sys.path.insert(0, str(CODE_DIR))
+
+@pytest.fixture(scope="session")
+def staged_chart() -> Path:
+    """The chart with the package copied into its files/, as `make loadtest-chart` does."""
+    proc = subprocess.run(
+        ["bash", str(LOADTESTS / "stage-chart.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return CHART
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -1,18 +1,22 @@
 """The distributed-load chart (loadtests/chart): lint, render, kubernetes-validate --strict on
-1.29..1.33, the restricted Pod Security profile, one copy of the code, and master arguments that
-the locustfile accepts. Tools come from `make tools` (skipped without them, failed under CI)."""
+1.29..1.33, the restricted Pod Security profile, the installed package shipped as it is, and
+master arguments that the locustfile accepts. Tools come from `make tools` (skipped without them,
+failed under CI). Every test renders the chart as `make loadtest-chart` packages it: with the code
+copied in by loadtests/stage-chart.sh."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from phiserve_load import slo
 
+import phiserve_load
+from phiserve_load import slo
 from tests.helm.chart import (
     K8S_VERSIONS,
     all_containers,
@@ -22,11 +26,10 @@ from tests.helm.chart import (
     tool,
     tool_or_venv,
 )
-from tests.loadtests.conftest import BIN, CODE_DIR, LOADTESTS, REPO_ROOT
+from tests.loadtests.conftest import BIN, CHART, CHART_FILES, LOCUSTFILE, REPO_ROOT, clean_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("staged_chart")]
 
-CHART = LOADTESTS / "chart"
 NAMESPACE = "loadtest"
 
 # Profile -> --set values: the defaults, then every optional part switched on.
@@ -72,7 +75,7 @@ def helm_template(*sets: str, helm: str = "helm3", release: str = "phiserve-load
 
 
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, str]:
+def rendered(staged_chart: Path) -> dict[str, str]:
     """Every profile, rendered once."""
     return {name: helm_template(*sets) for name, sets in PROFILES.items()}
 
@@ -211,25 +214,49 @@ def test_pods_pass_the_restricted_profile(rendered: dict[str, str]) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_configmap_ships_exactly_the_one_copy_of_the_code(rendered: dict[str, str]) -> None:
+def test_configmap_ships_the_installed_package(rendered: dict[str, str]) -> None:
+    """The chart's code is the installed phiserve_load, file for file, and the pods import it."""
     docs = parse(rendered["default"])
     data = find(docs, "ConfigMap", "-code")["data"]
-    expected = {"locustfile.py": (CODE_DIR / "locustfile.py").read_text()}
-    for path in sorted((CODE_DIR / "phiserve_load").glob("*.py")):
+    package = Path(phiserve_load.__file__).parent
+    expected = {"locustfile.py": LOCUSTFILE.read_text()}
+    for path in sorted(package.glob("*.py")):
         expected[f"phiserve_load.{path.name}"] = path.read_text()
+    assert len(expected) > 10
     code = {k: v for k, v in data.items() if k.endswith(".py")}
     assert code == expected
-    # The volume maps every key back into its package folder.
     for job in ("-master", "-workers"):
-        volumes = find(docs, "Job", job)["spec"]["template"]["spec"]["volumes"]
-        items = next(v for v in volumes if v["name"] == "code")["configMap"]["items"]
+        spec = find(docs, "Job", job)["spec"]["template"]["spec"]
+        # The volume maps every key back into its package folder...
+        items = next(v for v in spec["volumes"] if v["name"] == "code")["configMap"]["items"]
         paths = {i["key"]: i["path"] for i in items}
         assert {k for k in paths if k.endswith(".py")} == set(expected)
         assert all(paths[k] == k.replace("phiserve_load.", "phiserve_load/") for k in expected)
-    # No second copy: the local locustfile imports the chart's files.
-    assert 'chart" / "files' in (LOADTESTS / "locustfile.py").read_text()
-    copies = [p for p in LOADTESTS.rglob("phiserve_load") if p.is_dir()]
-    assert copies == [CODE_DIR / "phiserve_load"]
+        # ...and that folder is on the path for the whole run, not only while locust imports
+        # the locustfile.
+        container = spec["containers"][0]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "code")
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PYTHONPATH"] == mount["mountPath"]
+
+
+def test_the_chart_holds_no_checked_in_copy() -> None:
+    """files/ is staged, never committed: the package is the one copy."""
+    proc = subprocess.run(
+        ["git", "ls-files", "--", str(CHART)], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    tracked = proc.stdout.split()
+    assert "loadtests/chart/values.yaml" in tracked
+    assert not [p for p in tracked if p.startswith("loadtests/chart/files/")]
+
+
+def test_a_chart_without_the_code_refuses_to_render(tmp_path: Path) -> None:
+    bare = tmp_path / "chart"
+    shutil.copytree(CHART, bare, ignore=shutil.ignore_patterns("files"))
+    proc = run([tool("helm3"), "template", "lt", str(bare)])
+    assert proc.returncode != 0
+    assert "make loadtest-chart" in proc.stderr, proc.stderr
 
 
 def test_slo_values_become_the_gates_file(rendered: dict[str, str]) -> None:
@@ -245,13 +272,12 @@ def test_slo_values_become_the_gates_file(rendered: dict[str, str]) -> None:
 
 PARSE_ARGS = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
 from locust import argument_parser
 from phiserve_load import options
 parser = argument_parser.get_empty_argument_parser()
 argument_parser.setup_parser_arguments(parser)
 options.add_arguments(parser)
-ns = parser.parse_args(json.loads(sys.argv[2]))
+ns = parser.parse_args(json.loads(sys.argv[1]))
 opts = options.from_parsed(ns, ns.host)
 print(json.dumps({"opts": opts.__dict__, "master": ns.master, "expect_workers": ns.expect_workers,
                   "csv": ns.csv_prefix, "html": ns.html_file, "run_time": ns.run_time}))
@@ -259,15 +285,17 @@ print(json.dumps({"opts": opts.__dict__, "master": ns.master, "expect_workers": 
 
 
 def test_master_arguments_are_accepted_by_the_locustfile(rendered: dict[str, str]) -> None:
-    """Parsed by locust's parser plus ours (in a subprocess: locust patches the process)."""
+    """Parsed by locust's parser plus the chart's copy of ours (in a subprocess: locust patches
+    the process), found on PYTHONPATH as in the pods."""
     docs = parse(rendered["open-auth-pvc-tls"])
     args = master_args(docs)
     proc = subprocess.run(
-        [str(BIN / "python"), "-c", PARSE_ARGS, str(CODE_DIR), json.dumps(args)],
+        [str(BIN / "python"), "-c", PARSE_ARGS, json.dumps(args)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO_ROOT,
+        env=clean_env(PYTHONPATH=str(CHART_FILES)),
     )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)

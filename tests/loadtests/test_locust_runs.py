@@ -15,13 +15,19 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.loadtests.conftest import BIN, CODE_DIR, REPO_ROOT, LocustRun, clean_env, run_locust
+from tests.loadtests.conftest import (
+    BIN,
+    CHART_FILES,
+    REPO_ROOT,
+    LocustRun,
+    clean_env,
+    run_locust,
+)
 from tests.server import ServerProcess, free_port, issue_token
 
 pytestmark = pytest.mark.slow
@@ -291,12 +297,13 @@ def test_step_ramp_reports_each_step(server: ServerProcess, report_dir: Path) ->
 
 
 def test_distributed_run_of_the_charts_code_on_a_stock_image(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path, staged_chart: Path
 ) -> None:
-    """Master + 2 workers with the chart's locustfile, numpy/PyYAML/matplotlib unavailable.
+    """Master + 2 workers with the chart's copy of the code, numpy/PyYAML/matplotlib unavailable.
 
-    This is what the chart runs in the cluster: samples travel from the workers to the master,
-    whose gate and report cover every request.
+    This is what the chart runs in the cluster: the staged files/ on PYTHONPATH (ahead of the
+    installed package), samples travelling from the workers to the master, whose gate and report
+    cover every request.
     """
     blocked = tmp_path / "blocked"
     for module in ("numpy", "yaml", "matplotlib"):
@@ -308,8 +315,16 @@ def test_distributed_run_of_the_charts_code_on_a_stock_image(
     slo.write_text(json.dumps({"default": {"p99_ms": 30000, "error_rate": 0.01}, "models": {}}))
     out = tmp_path / "report"
     port = free_port()
-    env = clean_env(PYTHONPATH=str(blocked))
-    locustfile = str(CODE_DIR / "locustfile.py")
+    env = clean_env(PYTHONPATH=f"{CHART_FILES}:{blocked}")
+    imported = subprocess.run(
+        [str(BIN / "python"), "-c", "import phiserve_load; print(phiserve_load.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.stdout.strip() == str(CHART_FILES / "phiserve_load" / "__init__.py")
+    locustfile = str(CHART_FILES / "locustfile.py")
     master = subprocess.Popen(
         [
             str(BIN / "locust"),
@@ -326,7 +341,7 @@ def test_distributed_run_of_the_charts_code_on_a_stock_image(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.0)
+    # The master waits for both workers (--expect-workers); workers retry until it listens.
     workers = [
         subprocess.Popen(
             [str(BIN / "locust"), "-f", locustfile, "--worker", "--master-port", str(port)],

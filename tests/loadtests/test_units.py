@@ -4,11 +4,14 @@ arrival schedule, knee detection, token source and the report renderer."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
 import random
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phiserve_load import arrivals, discovery, mix, options, promtext, report, slo, tensors
 from phiserve_load.auth import TokenSource
 from phiserve_load.discovery import ModelSignature, PreflightError, TensorSpec
@@ -383,6 +387,71 @@ def test_poisson_and_ramp_arrivals() -> None:
                                ramp_step_s=2)  # fmt: skip
     steps = [s for _, s in arrivals.arrival_schedule(ramp, random.Random(1))]
     assert [steps.count(i) for i in range(3)] == [20, 40, 60]
+
+
+def test_an_endless_segment_keeps_the_exact_spacing() -> None:
+    """What benchmarks/loadgen.py draws: constant arrivals until the caller stops."""
+    endless = [arrivals.Segment(0.0, math.inf, 250.0)]
+    got = list(itertools.islice(arrivals.arrivals(endless, "constant", random.Random(3)), 2000))
+    phase = got[0][0]
+    assert 0 <= phase < 1 / 250
+    assert [t for t, _ in got] == [phase + k / 250 for k in range(2000)]
+    assert {s for _, s in got} == {-1}
+
+
+# The dispatcher needs gevent's hub: run it in a subprocess, like everything that imports locust.
+DISPATCH = """
+import json, sys
+from gevent.event import Event
+from phiserve_load import openloop
+release = Event()
+sent, dropped = [], []
+def send(intended, item):
+    sent.append([intended, item])
+    release.wait()  # every request stays in flight until the last arrival
+def drop(intended, item):
+    dropped.append(item)
+    if item == 39:
+        release.set()
+drawn = []
+def schedule():
+    for i in range(40):
+        drawn.append(i)
+        yield i * 0.002, i
+def stopping():  # true once the arrival after the first argv[1] ones is due
+    if len(drawn) <= int(sys.argv[1]):
+        return False
+    release.set()
+    return True
+openloop.dispatch(schedule(), send, drop, max_outstanding=5, stopping=stopping, drain_s=30)
+print(json.dumps({"sent": sent, "dropped": dropped}))
+"""
+
+
+def _dispatch(stop_after: int) -> dict[str, list]:
+    proc = subprocess.run(
+        [sys.executable, "-c", DISPATCH, str(stop_after)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_the_open_loop_drops_what_exceeds_max_outstanding() -> None:
+    """Five requests in flight: the sixth arrival onwards is dropped, not delayed."""
+    got = _dispatch(stop_after=1000)
+    assert [item for _, item in got["sent"]] == [0, 1, 2, 3, 4]
+    assert got["dropped"] == list(range(5, 40))
+    intended = [t for t, _ in got["sent"]]
+    assert np.allclose(np.diff(intended), 0.002)
+
+
+def test_the_open_loop_stops_when_told() -> None:
+    got = _dispatch(stop_after=3)
+    assert [item for _, item in got["sent"]] == [0, 1, 2]
+    assert got["dropped"] == []
 
 
 def test_knee_detection() -> None:

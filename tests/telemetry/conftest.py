@@ -1,8 +1,8 @@
 """Fixtures for the telemetry tests: a real OTLP receiver, OTEL_* environments, a tiny app.
 
-The receivers themselves live in :mod:`phiserve.telemetry.testing` so end-to-end tests against
-the real server can use them too (start one, pass ``rx.endpoint`` in ``OTEL_EXPORTER_OTLP_ENDPOINT``
-to the server process, then ``rx.wait_for_spans(...)``).
+The receivers live in :mod:`tests.telemetry.receivers`, which end-to-end tests against the real
+server use too (start one, pass ``rx.endpoint`` in ``OTEL_EXPORTER_OTLP_ENDPOINT`` to the server
+process, then ``rx.wait_for_spans(...)``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from phiserve import telemetry
 from phiserve.context import ContextMiddleware, RequestContext, get_context
 from phiserve.errors import NotFound, PhiserveError, send_error
-from phiserve.telemetry.testing import OtlpHttpReceiver
 from tests.routes import TABLE
+from tests.telemetry.receivers import OtlpHttpReceiver
 
 CANARY = "CANARY-5e1f0d-PHI"
 KNOWN_MODELS = {"sepsis": [1, 2]}
@@ -214,6 +214,18 @@ def harness() -> Harness:
     # Every path model passes the context's filter: these tests exercise telemetry's own bounds.
     app = ContextMiddleware(telemetry.TelemetryMiddleware(Router(tiny)), TABLE, lambda: _ANY_NAME)
     return Harness(tiny, app)
+
+
+def one_request(app: Callable) -> None:
+    """GET /v2 through ContextMiddleware(TelemetryMiddleware(app))."""
+    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE)).request(  # type: ignore[arg-type]
+        "GET", "/v2"
+    )
+
+
+async def reply_ok(send: Callable) -> None:
+    """An empty 200 response."""
+    await _reply(send, 200, b"")
 
 
 def samples(family: Any, suffix: str = "", **labels: str) -> list[Any]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry import trace
 
 from phiserve import telemetry
 from phiserve.errors import ConfigurationError
 from phiserve.telemetry import tracing
-from phiserve.telemetry.testing import OtlpGrpcReceiver, ReceivedSpan
 from tests.routes import TABLE
 
-from .conftest import CANARY, PROVIDER, Harness
+from .conftest import PROVIDER, Harness, one_request, reply_ok
+from .receivers import OtlpGrpcReceiver, ReceivedSpan, attributes
 
 INFER = "/v2/models/sepsis/infer"
 INFER_NAME = "POST /v2/models/{model}/infer"
@@ -50,7 +51,7 @@ def test_no_endpoint_means_no_tracer_and_noop_api(otel_env, harness: Harness) ->
     assert scope is telemetry.child_span("encode")  # the shared no-op
     with scope as span:
         assert not span.is_recording()
-    telemetry.record_span("queue_wait", 1, 2)  # nothing to do, must not raise
+    assert telemetry.get_tracer() is None and telemetry.tracer_provider() is None
 
     response = harness.request("POST", INFER, content=b"{}")
     assert response.status_code == 200
@@ -59,6 +60,25 @@ def test_no_endpoint_means_no_tracer_and_noop_api(otel_env, harness: Harness) ->
     assert harness.tiny.contexts[-1].trace_id == trace_id
     version, tid, sid, flags = response.headers["traceresponse"].split("-")
     assert (version, tid, flags) == ("00", trace_id, "00") and int(sid, 16)
+
+
+def test_tracing_off_never_imports_the_sdk(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.server import clean_env
+
+    script = (
+        "import sys\n"
+        "from phiserve import telemetry\n"
+        "assert not telemetry.configure_tracing().enabled\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_no_tracer_keeps_the_callers_trace_id(otel_env, harness: Harness) -> None:
@@ -105,36 +125,30 @@ def test_traces_endpoint_variable_alone_enables_http(otel_env, otlp_receiver, ha
 
 
 # --- the span tree ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("env", "queue", "batch"),
-    [
-        ({}, 8192, 4096),  # phiserve's defaults: deep queue, large batches
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 1000, 512),  # the SDK's batch default
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, 100, 100),  # ... capped by the queue
-        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 8192, 100),
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "300", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50"}, 300, 50),
-    ],
-)
-def test_batch_processor_sizes_honour_the_standard_variables(
-    otel_env, otlp_receiver, env, queue, batch
+def test_batch_size_and_delay_come_from_the_standard_variables(
+    otel_env, otlp_receiver, harness: Harness
 ) -> None:
-    otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, **env)
-    pipe = tracing._STATE.pipe
-    assert pipe is not None
-    assert (pipe.max_queue_size, pipe.max_export_batch_size) == (queue, batch)
+    otel_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    harness.request("POST", INFER, content=b"{}")
+    # No force_flush: the 50 ms schedule ships the six spans, at most two per export.
+    otlp_receiver.wait_for_spans(lambda spans: len(spans) >= 6)
+    assert otlp_receiver.requests >= 3
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    "env",
     [
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE='lots'"),
-        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0"}, "positive integer"),
-        ({"OTEL_BSP_SCHEDULE_DELAY": "-5"}, "OTEL_BSP_SCHEDULE_DELAY='-5'"),
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"}, "is over"),
+        {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0"},
+        {"OTEL_BSP_SCHEDULE_DELAY": "-5"},
+        {"OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200"},
     ],
 )
-def test_invalid_batch_settings_fail_loudly(otel_env, otlp_receiver, env, message) -> None:
-    with pytest.raises(ConfigurationError, match=message):
+def test_invalid_batch_settings_fail_loudly(otel_env, otlp_receiver, env) -> None:
+    with pytest.raises(ConfigurationError, match="OTEL_BSP_"):
         otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, **env)
     assert not telemetry.tracing_enabled()
 
@@ -335,8 +349,6 @@ def test_phiserve_error_in_child_span_is_type_and_status_only(traced, harness: H
     assert decode.attributes["phiserve.error.status"] == 400
     (event,) = decode.span.events
     assert event.name == "exception"
-    from phiserve.telemetry.testing import attributes
-
     assert attributes(event.attributes) == {
         "exception.type": "phiserve.errors.BadRequest",
         "exception.message": tracing.REDACTED_MESSAGE,
@@ -376,41 +388,7 @@ def test_server_error_status_without_exception(traced) -> None:
 def test_child_span_outside_a_request_is_a_noop(traced) -> None:
     with telemetry.child_span("model.load") as span:
         assert not span.is_recording()
-    telemetry.record_span("orphan", 1, 2)
     assert exported(traced) == []
-
-
-def _one_request(app) -> None:
-    from phiserve.context import ContextMiddleware
-
-    Harness(None, ContextMiddleware(telemetry.TelemetryMiddleware(app), TABLE)).request(
-        "GET", "/v2"
-    )  # type: ignore[arg-type]
-
-
-async def _ok(send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
-def test_record_span_converts_perf_counter_times(traced) -> None:
-    import time
-
-    async def app(scope, receive, send):
-        t0 = time.perf_counter_ns()
-        telemetry.record_span("measured", t0 - 5_000_000, t0 - 1_000_000, {"k": 1})
-        telemetry.record_span("failed", t0 - 1_000, t0, error=KeyError(CANARY))
-        await _ok(send)
-
-    _one_request(app)
-    spans = by_name(exported(traced))
-    measured, server = spans["measured"], spans["GET /v2"]
-    assert measured.span.end_time_unix_nano - measured.span.start_time_unix_nano == 4_000_000
-    assert measured.parent_span_id == server.span_id
-    assert server.span.start_time_unix_nano - 10_000_000 < measured.span.start_time_unix_nano
-    assert measured.attributes == {"k": 1}
-    assert spans["failed"].attributes["error.type"] == "KeyError"
-    assert CANARY.encode() not in traced.raw
 
 
 def test_nested_child_spans_and_attributes(traced) -> None:
@@ -418,11 +396,11 @@ def test_nested_child_spans_and_attributes(traced) -> None:
         with telemetry.child_span("outer", **{"phiserve.inputs": 2}) as outer:
             outer.set_attribute("phiserve.rows", 8)
             outer.set_attribute("dropped", None)  # type: ignore[arg-type]
-            with telemetry.child_span("inner"):
-                assert telemetry.current_span().is_recording()
-        await _ok(send)
+            with telemetry.child_span("inner") as inner:
+                assert trace.get_current_span() is inner and inner.is_recording()
+        await reply_ok(send)
 
-    _one_request(app)
+    one_request(app)
     spans = by_name(exported(traced))
     assert spans["outer"].parent_span_id == spans["GET /v2"].span_id
     assert spans["inner"].parent_span_id == spans["outer"].span_id
@@ -435,9 +413,9 @@ def test_sdk_tracer_spans_join_the_request_trace(traced) -> None:
         assert tracer is not None
         with tracer.start_as_current_span("sdk-child"):
             pass
-        await _ok(send)
+        await reply_ok(send)
 
-    _one_request(app)
+    one_request(app)
     spans = by_name(exported(traced))
     assert spans["sdk-child"].parent_span_id == spans["GET /v2"].span_id
     assert spans["sdk-child"].trace_id == spans["GET /v2"].trace_id

@@ -58,14 +58,17 @@ app.kubernetes.io/part-of: phiserve
 {{- end -}}
 {{- end -}}
 
-{{- define "phiserve.awsCliImage" -}}
-{{- with .Values.awsCli.image -}}
+{{/* repository@digest when pinned, else repository:tag; the argument is an image dict */}}
+{{- define "phiserve.imageRef" -}}
 {{- if .digest -}}
 {{- printf "%s@%s" .repository .digest -}}
 {{- else -}}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "phiserve.awsCliImage" -}}
+{{- include "phiserve.imageRef" .Values.awsCli.image -}}
 {{- end -}}
 
 {{/* Derived settings -------------------------------------------------------------------- */}}
@@ -207,6 +210,9 @@ seccompProfile:
 {{- if and .Values.otel.enabled (not .Values.otel.endpoint) -}}
 {{- fail "otel.enabled needs otel.endpoint" -}}
 {{- end -}}
+{{- if and .Values.otelCollector.enabled (not .Values.otel.enabled) -}}
+{{- fail "otelCollector.enabled needs otel.enabled (otel.endpoint is where the agent exports)" -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
@@ -239,5 +245,47 @@ checkov.io/skip9: CKV_K8S_21=Rendered into the release namespace (helm -n phiser
 {{/* "true" when every image the server pod runs is pinned by digest */}}
 {{- define "phiserve.allDigests" -}}
 {{- $aws := or (eq (include "phiserve.modelSource" .) "s3") (and .Values.audit.enabled .Values.audit.s3.bucket) -}}
-{{- if and .Values.image.digest (or (not $aws) .Values.awsCli.image.digest) -}}true{{- end -}}
+{{- $collector := or (not .Values.otelCollector.enabled) .Values.otelCollector.image.digest -}}
+{{- if and .Values.image.digest (or (not $aws) .Values.awsCli.image.digest) $collector -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Collector agent's configuration before otelCollector.config is merged over it: OTLP in
+     on localhost only, memory_limiter then batch, out to otel.endpoint with otel.protocol (TLS
+     unless the endpoint is http://), health_check for the liveness probe, no self-metrics port. */}}
+{{- define "phiserve.otelCollectorConfig" -}}
+{{- $exporter := ternary "otlp" "otlphttp" (eq .Values.otel.protocol "grpc") -}}
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:4317
+      http:
+        endpoint: 127.0.0.1:4318
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_percentage: 80
+    spike_limit_percentage: 20
+  batch: {}
+exporters:
+  {{ $exporter }}:
+    endpoint: {{ .Values.otel.endpoint | quote }}
+    tls:
+      insecure: {{ hasPrefix "http://" .Values.otel.endpoint }}
+      {{- with .Values.otelCollector.caSecret.name }}
+      ca_file: {{ printf "/etc/otelcol/ca/%s" $.Values.otelCollector.caSecret.key | quote }}
+      {{- end }}
+extensions:
+  health_check:
+    endpoint: "${env:POD_IP}:13133"
+service:
+  extensions: [health_check]
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [{{ $exporter }}]
 {{- end -}}

@@ -118,6 +118,10 @@ affinity:
 {{- define "loadtest.env" -}}
 - name: HOME
   value: /tmp
+# The phiserve_load package beside the locustfile (locust puts the locustfile's folder on the
+# path only while importing it; the report imports modules later).
+- name: PYTHONPATH
+  value: /opt/loadtest
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
 - name: PYTHONUNBUFFERED

@@ -12,12 +12,16 @@ The data plane and the batcher call this facade with one line each::
     telemetry.record_inference("chest-xray", 3, timings, provider)  # request, after its batch
     telemetry.shutdown_tracing()                            # at shutdown
 
-Everything is a near-free no-op when tracing is off; metrics are always recorded.
+Everything is a near-free no-op when tracing is off; metrics are always recorded. Tracing runs
+on the OpenTelemetry SDK (:mod:`phiserve.telemetry.tracing` says how to add processors and
+resource attributes); every span, the deployment's own included, passes the scrubber of
+:mod:`phiserve.telemetry.scrubbing` before it is exported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from phiserve.telemetry.metrics import (
     CONTENT_TYPE,
@@ -35,19 +39,19 @@ from phiserve.telemetry.tracing import (
     SPAN_INFERENCE,
     SPAN_QUEUE_WAIT,
     BatchTimings,
-    SpanHandle,
     TracingStatus,
     child_span,
     configure_tracing,
-    current_span,
     force_flush,
     get_tracer,
     record_batch_spans,
-    record_error,
-    record_span,
     shutdown_tracing,
+    tracer_provider,
     tracing_enabled,
 )
+
+if TYPE_CHECKING:
+    from phiserve.telemetry.scrubbing import allow_span_attributes
 
 __all__ = [
     "CONTENT_TYPE",
@@ -61,26 +65,33 @@ __all__ = [
     "BatchTimings",
     "Metrics",
     "MetricsApp",
-    "SpanHandle",
     "TelemetryMiddleware",
     "TracingStatus",
+    "allow_span_attributes",
     "child_span",
     "configure_tracing",
-    "current_span",
     "force_flush",
     "get_tracer",
     "metrics_app",
     "model_loaded",
     "model_unloaded",
     "observe_batch",
-    "record_error",
     "record_inference",
-    "record_span",
     "set_known_models",
     "set_model_ready",
     "shutdown_tracing",
+    "tracer_provider",
     "tracing_enabled",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scrubber is built on the SDK, which is imported only once tracing is configured.
+    if name == "allow_span_attributes":
+        from phiserve.telemetry.scrubbing import allow_span_attributes
+
+        return allow_span_attributes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_known_models(models: Mapping[str, Iterable[int]]) -> None:

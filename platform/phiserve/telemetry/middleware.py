@@ -29,21 +29,16 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from phiserve.context import RequestContext, get_context
 from phiserve.telemetry import tracing
 from phiserve.telemetry.metrics import METRICS, Metrics
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Semantic conventions: any other method is reported as "_OTHER", so a client cannot write
-# free text into span names or labels through the request line.
-_KNOWN_METHODS: Final = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 # A request cancelled before any response (client gone, server shutting down): nginx's 499.
 STATUS_CLIENT_CLOSED: Final = 499
 
@@ -87,14 +82,13 @@ class TelemetryMiddleware:
                 break
 
         route = ctx.route
-        recorder = tracing._STATE.recorder
-        span: tracing.RecordingSpan | None = None
+        tracer = tracing.get_tracer()
+        span: Span | None = None
         otel_token: object = None
-        span_token: object = None
-        if recorder is not None and (route is None or self.trace_open_routes or not route.is_open):
+        if tracer is not None and (route is None or self.trace_open_routes or not route.is_open):
             method = scope["method"]
-            if method not in _KNOWN_METHODS:
-                method = "_OTHER"
+            if method not in tracing.HTTP_METHODS:
+                method = tracing.OTHER_METHOD
             scheme = scope.get("scheme", "http")
             server = scope.get("server")
             port = server[1] if server else None
@@ -110,14 +104,13 @@ class TelemetryMiddleware:
                 span_name = f"{method} {route.template}"
             else:
                 span_name = method  # semantic conventions: no route, method only
-            span, trace_id, span_id, flags = recorder.start_server(span_name, parent, attrs)
-            if span is not None:
-                span_token = tracing._CURRENT.set(span)
-            # OpenTelemetry's own context too, so SDK tracers and log correlation join this trace.
-            span_context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
-            otel_token = otel_context.attach(
-                trace.set_span_in_context(NonRecordingSpan(span_context))
-            )
+            span = tracing.server_span(tracer, span_name, parent, attrs)
+            span_context = span.get_span_context()
+            trace_id, span_id = span_context.trace_id, span_context.span_id
+            flags = span_context.trace_flags
+            # Current in OpenTelemetry's context (even unsampled), so child spans, SDK tracers
+            # and log correlation join this trace.
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
         elif parent is not None:
             # Not traced here: keep the caller's trace id so audit and logs still correlate.
             trace_id, span_id, flags = parent.trace_id, _getrandbits(64) or 1, 0
@@ -162,32 +155,31 @@ class TelemetryMiddleware:
                     model_label, version_label, ctx.route_template, status, elapsed
                 )
             if span is not None:
-                _finish_server_span(span, ctx, status, error, model_label, version_label)
-                tracing._CURRENT.reset(span_token)  # type: ignore[arg-type]
-            if otel_token is not None:
                 otel_context.detach(otel_token)  # type: ignore[arg-type]
+                if span.is_recording():
+                    _finish_server_span(span, ctx, status, error, model_label, version_label)
 
 
 def _finish_server_span(
-    span: tracing.RecordingSpan,
+    span: Span,
     ctx: RequestContext,
     status: int,
     error: BaseException | None,
     model_label: str,
     version_label: str,
 ) -> None:
-    attrs = span.attributes
-    attrs["http.response.status_code"] = status
+    attrs: dict[str, AttributeValue] = {"http.response.status_code": status}
     if model_label:
         attrs[tracing.ATTR_MODEL] = model_label
     if version_label:
         attrs[tracing.ATTR_VERSION] = version_label
     if ctx.batch_size is not None:
         attrs[tracing.ATTR_BATCH_SIZE] = ctx.batch_size
+    span.set_attributes(attrs)
     if error is not None:
         tracing.record_error(span, error)
     elif status >= 500:
         # Server spans: only 5xx is an error (4xx is the client's); error.type = the code.
-        attrs["error.type"] = str(status)
-        span.status = trace.Status(trace.StatusCode.ERROR)
+        span.set_attribute("error.type", str(status))
+        span.set_status(trace.Status(trace.StatusCode.ERROR))
     span.end()

@@ -1,7 +1,6 @@
-"""Test helpers: real OTLP receivers (HTTP and gRPC) that decode what the exporter sends.
+"""Real OTLP trace receivers (HTTP and gRPC) that decode what the exporter sends.
 
-They live in the package, not under ``tests/``, so unit tests, end-to-end tests against a real
-``phiserve serve`` process and benchmarks can all import them::
+Unit tests and end-to-end tests against a real ``phiserve serve`` process use them::
 
     with OtlpHttpReceiver() as rx:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
@@ -9,7 +8,7 @@ They live in the package, not under ``tests/``, so unit tests, end-to-end tests 
         spans = rx.wait_for_spans(lambda spans: len(spans) >= 6, timeout_s=10)
 
 ``opentelemetry-proto`` is a dependency of the OTLP exporters, so this imports wherever the
-exporter does. Nothing here runs in production code paths.
+exporter does.
 """
 
 from __future__ import annotations
@@ -161,10 +160,18 @@ class OtlpHttpReceiver(_Receiver):
     """An OTLP/HTTP (protobuf) trace receiver on ``127.0.0.1`` and a free port.
 
     Accepts ``POST /v1/traces`` (gzip or deflate bodies too) and answers like a collector.
+    A ``hung`` receiver stands for a collector that stopped answering: it records each export,
+    sets :attr:`holding`, and replies only once :attr:`release` is set (by the test, or by
+    :meth:`stop`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, hung: bool = False) -> None:
         store = self._store = _Store()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        if not hung:
+            self.release.set()
+        holding, release = self.holding, self.release
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like a real collector
@@ -182,6 +189,8 @@ class OtlpHttpReceiver(_Receiver):
                     self.end_headers()
                     return
                 store.add(body, {k.lower(): v for k, v in self.headers.items()})
+                holding.set()
+                release.wait()
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -211,6 +220,7 @@ class OtlpHttpReceiver(_Receiver):
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -233,7 +243,7 @@ class OtlpGrpcReceiver(_Receiver):
         store = self._store = _Store()
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:  # noqa: N802
+            def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:
                 metadata = {k.lower(): v for k, v in context.invocation_metadata()}
                 store.add(request.SerializeToString(), metadata)
                 return ExportTraceServiceResponse()

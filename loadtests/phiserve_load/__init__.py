@@ -1,9 +1,11 @@
 """Locust load tests for phiserve (Open Inference Protocol / KServe V2).
 
-This folder is the single copy of the load-test code: ``loadtests/locustfile.py`` imports it from
-here, and the Helm chart in ``loadtests/chart/`` ships it to the cluster in a ConfigMap. It must
-therefore run on a stock locust image: the standard library and locust only. numpy, PyYAML and
-matplotlib are used when present (charts, YAML SLO files) and skipped with a note when absent.
+The distribution ``phiserve-load`` (loadtests/pyproject.toml), installed by ``make setup``:
+``loadtests/locustfile.py``, the benchmarks and the tests import it, and the Helm chart in
+``loadtests/chart/`` ships the same files to the cluster in a ConfigMap (``make loadtest-chart``
+copies them in). It must therefore run on a stock locust image: the standard library and locust
+only. PyYAML and matplotlib are used when present (YAML SLO files, charts) and skipped with a
+note when absent.
 
 Modules, one concern each (those marked * import locust or gevent; the rest are plain Python):
 
@@ -13,6 +15,7 @@ discovery   preflight (reachable, ready, token accepted) and model signatures fr
 tensors     valid random tensors per signature, as JSON or binary-extension requests
 mix         which model, version and encoding each request goes to, with weights
 arrivals    the open-loop arrival schedule
+openloop*   the open-loop dispatcher: each arrival on time, at most N in flight, the rest dropped
 samples     exact per-request samples, percentiles and summaries
 slo         thresholds per model (CLI or YAML/JSON file) and the gate
 promtext    the Prometheus text format and histogram deltas of the server's /metrics

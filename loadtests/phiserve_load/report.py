@@ -119,24 +119,24 @@ def _row(name: str, st: Stats) -> list[str]:
 TABLE_HEADERS = ["target", "requests", "fails", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"]
 
 
-def render_text(headers: list[str], rows: list[list[str]]) -> str:
-    """Fixed-width table; first column left-aligned."""
+def render_text(headers: list[str], rows: list[list[str]], *, labels: int = 1) -> str:
+    """Fixed-width table; the first ``labels`` columns left-aligned, the numbers right-aligned."""
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
+            c.ljust(w) if i < labels else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def render_markdown(headers: list[str], rows: list[list[str]]) -> str:
-    """GitHub markdown table; numbers right-aligned."""
+def render_markdown(headers: list[str], rows: list[list[str]], *, labels: int = 1) -> str:
+    """GitHub markdown table; the first ``labels`` columns left-aligned, numbers right-aligned."""
     out = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+        "|" + "|".join(["---"] * labels + ["---:"] * (len(headers) - labels)) + "|",
     ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)

@@ -26,11 +26,11 @@ import time
 from typing import Any
 
 import gevent
-import gevent.pool
 from gevent import GreenletExit
 from locust import FastHttpUser, task
 from locust.user.users import LOCUST_STATE_STOPPING
 
+from phiserve_load import openloop
 from phiserve_load import session as session_mod
 from phiserve_load.arrivals import arrival_schedule
 from phiserve_load.session import LoadSession
@@ -191,40 +191,42 @@ class OpenLoopUser(PhiserveUser):
     def dispatch(self) -> None:
         """Issue the whole schedule, then drain; stays idle until the run stops."""
         opts = self.session.opts
-        pool = gevent.pool.Pool(opts.max_outstanding)
-        limit = math.ceil(opts.max_requests / opts.dispatchers) if opts.max_requests else math.inf
-        t0 = time.perf_counter()
-        for issued, (offset, step) in enumerate(arrival_schedule(opts, self.rng)):
-            if issued >= limit or self._stopping():
-                break
-            intended = t0 + offset
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                gevent.sleep(delay)
-                if self._stopping():
-                    break
-            payload = self.pick()
-            if pool.full():
-                # Not sent: counted as a failure, so an overloaded server fails the error gate.
-                ctx = {
-                    "model": payload.target.model,
-                    "version": payload.target.version,
-                    "encoding": payload.target.encoding,
-                    "batch": payload.batch,
-                    "t_start": time.time() - (time.perf_counter() - intended),
-                    "lag_ms": 0.0,
-                    "step": step,
-                }
-                self._fire_failure(
-                    payload,
-                    ctx,
-                    OpenLoopDropped(f"dropped: {opts.max_outstanding} requests already in flight"),
-                    0.0,
-                )
-            else:
-                pool.spawn(self.send, payload, intended=intended, step=step)
-        # Drain: answers to requests already sent still count (their latency may be the p99).
-        pool.join(timeout=opts.request_timeout)
-        pool.kill(block=True)
+        limit = math.ceil(opts.max_requests / opts.dispatchers) if opts.max_requests else None
+        schedule = itertools.islice(arrival_schedule(opts, self.rng), limit)
+        # Each arrival's payload is drawn in schedule order, so --seed runs stay reproducible.
+        openloop.dispatch(
+            ((offset, (step, self.pick())) for offset, step in schedule),
+            self._send_at,
+            self._drop,
+            max_outstanding=opts.max_outstanding,
+            stopping=self._stopping,
+            # Answers to requests already sent still count (their latency may be the p99).
+            drain_s=opts.request_timeout,
+        )
         while not self._stopping():
             gevent.sleep(0.2)
+
+    def _send_at(self, intended: float, arrival: tuple[int, Payload]) -> None:
+        step, payload = arrival
+        self.send(payload, intended=intended, step=step)
+
+    def _drop(self, intended: float, arrival: tuple[int, Payload]) -> None:
+        """Not sent: counted as a failure, so an overloaded server fails the error gate."""
+        step, payload = arrival
+        ctx = {
+            "model": payload.target.model,
+            "version": payload.target.version,
+            "encoding": payload.target.encoding,
+            "batch": payload.batch,
+            "t_start": time.time() - (time.perf_counter() - intended),
+            "lag_ms": 0.0,
+            "step": step,
+        }
+        self._fire_failure(
+            payload,
+            ctx,
+            OpenLoopDropped(
+                f"dropped: {self.session.opts.max_outstanding} requests already in flight"
+            ),
+            0.0,
+        )
