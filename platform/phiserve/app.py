@@ -2,8 +2,9 @@
 passes through. Wiring only; each piece lives in the folder named for its concern.
 
 Outermost first: request context (route matched once) -> telemetry (server span, metrics) ->
-audit (one durable record per request, allowed or refused) -> authentication and authorization
--> the router, which dispatches to the V2 handlers and /metrics. All layers are plain ASGI
+audit (one durable record per request, allowed or refused) -> FHIR routes' errors as
+OperationOutcome -> authentication and authorization -> the router, which dispatches to the V2
+handlers, the FHIR route and /metrics. All layers are plain ASGI
 callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
 read the body.
 """
@@ -11,18 +12,28 @@ read the body.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from phiserve import telemetry
 from phiserve.audit import AuditMiddleware, AuditWriter
+from phiserve.audit.pseudonym import pseudonym
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
 from phiserve.dataplane import DataPlane
+from phiserve.deferral.hook import deferral_hook
+from phiserve.deferral.metrics import DEFERRALS
 from phiserve.errors import ConfigurationError, NotFound, send_error
+from phiserve.explain.hook import explanation_hook
+from phiserve.fhir.http import ROUTES as FHIR_ROUTES
+from phiserve.fhir.http import FhirHandlers
+from phiserve.fhir.mapping import mapping_hook
+from phiserve.fhir.outcome import OperationOutcomeLayer
 from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
 from phiserve.protocol.http import ROUTES as V2_ROUTES
 from phiserve.protocol.http import V2Handlers
@@ -77,23 +88,40 @@ def build_platform(settings: Settings) -> Platform:
         partial(key_provider_from_settings, settings),
         runtimes(settings),
         pinned_versions=settings.pinned_versions,
+        # Per version, in this order: FHIR mapping (validated, no work per request),
+        # explanations, deferral; later hooks see the response parameters earlier ones add.
+        hooks=(mapping_hook, explanation_hook, deferral_hook),
     )
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
-    routes = RouteTable([*V2_ROUTES, METRICS_ROUTE])
+    audit = None
+    if settings.audit_enabled:
+        provider = key_provider_from_settings(settings, purpose="audit")
+        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+        dataplane.health_checks["audit trail"] = lambda: audit.healthy
+    # Clinical front ends name patients and resources in the audit trail only by pseudonyms;
+    # without a trail, under a key that dies with the process.
+    pseudonymize = audit.pseudonym if audit else partial(pseudonym, secrets.token_bytes(32))
+    routes = RouteTable([*V2_ROUTES, *FHIR_ROUTES, METRICS_ROUTE])
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
+    fhir = FhirHandlers(
+        dataplane,
+        pseudonymize,
+        max_request_bytes=settings.max_request_bytes,
+        max_entries=settings.fhir_max_entries,
+        future_skew=timedelta(seconds=settings.fhir_future_skew_s),
+    )
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
-    app: ASGIApp = Router({**v2.handlers(), METRICS_ROUTE.name: metrics})
+    if settings.metrics_enabled:
+        DEFERRALS.register(telemetry.METRICS.registry)
+    app: ASGIApp = Router({**v2.handlers(), **fhir.handlers(), METRICS_ROUTE.name: metrics})
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
             BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
         }
         _check_authenticators(routes, authenticators)
         app = AuthMiddleware(app, authenticators)
-    audit = None
-    if settings.audit_enabled:
-        provider = key_provider_from_settings(settings, purpose="audit")
-        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
-        dataplane.health_checks["audit trail"] = lambda: audit.healthy
+    app = OperationOutcomeLayer(app, fhir.handlers())
+    if audit:
         app = AuditMiddleware(app, audit)
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None

@@ -91,6 +91,12 @@ class PayloadTooLarge(PhiserveError):
     status = 413
 
 
+class Unprocessable(PhiserveError):
+    """Well-formed input the model cannot use as it stands (a FHIR unit it cannot convert)."""
+
+    status = 422
+
+
 class Overloaded(PhiserveError):
     """The queue is full or the server is draining; the client should retry later."""
 

@@ -21,6 +21,10 @@ EXPECTED = {
         [("image", FLOAT, [-1, 1, 224, 224])],
         [("logits", FLOAT, [-1, 3])],
     ),
+    "deterioration": (
+        [("input", FLOAT, [-1, 14])],
+        [("label", INT64, [-1]), ("probabilities", FLOAT, [-1, 2])],
+    ),
 }
 
 
