@@ -5,6 +5,7 @@ Imported by the conftest of each clinical test folder (tests/fhir, clinical, exp
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +76,19 @@ def make_plane(
         return DataPlane(registry, request_timeout_s=10), counter
 
     return make
+
+
+def load_failure(make_plane: Callable[..., Any], exported: ExportedModel) -> str:
+    """The registry's cause for the one version of ``exported`` (it must fail)."""
+
+    async def main() -> str:
+        plane, _ = make_plane(exported)
+        await plane.registry.start()
+        try:
+            assert plane.registry.loaded == {}
+            ((_, cause),) = plane.registry.failures.items()
+            return cause
+        finally:
+            await plane.stop()
+
+    return asyncio.run(main())

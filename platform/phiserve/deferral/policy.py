@@ -11,11 +11,13 @@ A deferred prediction still returns its score; it says "defer to human review" a
   or found in a V2 request's input against ``ranges`` (``defer_out_of_range``).
 
 ``bands`` name the score's qualitative risk (FHIR's risk-probability codes), each up to its
-``upper`` bound (exclusive; the last one includes 1).
+``upper`` bound (exclusive; the last one includes 1). A NaN score (from NaN inputs on the V2
+route) has no band and is deferred: its conformal set holds neither outcome.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -66,8 +68,10 @@ class DeferralPolicy(_Strict):
             raise ValueError("each range needs low < high")
         return self
 
-    def band(self, score: float) -> str:
-        """The name of the band ``score`` falls in."""
+    def band(self, score: float) -> str | None:
+        """The name of the band ``score`` falls in (``None`` for a NaN score)."""
+        if not math.isfinite(score):
+            return None
         for band in self.bands:
             if score < band.upper:
                 return band.name
