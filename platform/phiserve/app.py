@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from phiserve import telemetry
 from phiserve.audit import AuditMiddleware, AuditWriter
 from phiserve.audit.pseudonym import pseudonym
+from phiserve.cds import ROUTES as CDS_ROUTES
+from phiserve.cds import CdsHandlers
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
@@ -42,6 +44,7 @@ from phiserve.repository.store import ModelRepository
 from phiserve.runtime import runtimes
 from phiserve.runtime.gc_tuning import tune_gc
 from phiserve.security import Authenticator, AuthMiddleware, BearerAuthenticator, TokenVerifier
+from phiserve.security.cds_client import CDS_CLIENT, CdsClientAuthenticator
 
 METRICS_ROUTE = RouteSpec("metrics", "GET", "/metrics", RouteKind.METRICS, OPEN)
 
@@ -59,6 +62,7 @@ class Platform:
     routes: RouteTable
     app: ASGIApp
     audit: AuditWriter | None
+    cds: CdsHandlers
 
     async def start(self) -> None:
         """Open the audit trail, start exporters and load models (in the worker process)."""
@@ -72,6 +76,7 @@ class Platform:
     async def stop(self) -> None:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
+        await self.cds.aclose()
         if self.audit:
             await self.audit.aclose()
         telemetry.shutdown_tracing()
@@ -101,7 +106,7 @@ def build_platform(settings: Settings) -> Platform:
     # Clinical front ends name patients and resources in the audit trail only by pseudonyms;
     # without a trail, under a key that dies with the process.
     pseudonymize = audit.pseudonym if audit else partial(pseudonym, secrets.token_bytes(32))
-    routes = RouteTable([*V2_ROUTES, *FHIR_ROUTES, METRICS_ROUTE])
+    routes = RouteTable([*V2_ROUTES, *FHIR_ROUTES, *CDS_ROUTES, METRICS_ROUTE])
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
     fhir = FhirHandlers(
         dataplane,
@@ -110,13 +115,17 @@ def build_platform(settings: Settings) -> Platform:
         max_entries=settings.fhir_max_entries,
         future_skew=timedelta(seconds=settings.fhir_future_skew_s),
     )
+    cds = CdsHandlers(dataplane, pseudonymize, settings)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
     if settings.metrics_enabled:
         DEFERRALS.register(telemetry.METRICS.registry)
-    app: ASGIApp = Router({**v2.handlers(), **fhir.handlers(), METRICS_ROUTE.name: metrics})
+    app: ASGIApp = Router(
+        {**v2.handlers(), **fhir.handlers(), **cds.handlers(), METRICS_ROUTE.name: metrics}
+    )
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
-            BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
+            BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings)),
+            CDS_CLIENT: CdsClientAuthenticator.from_settings(settings),
         }
         _check_authenticators(routes, authenticators)
         app = AuthMiddleware(app, authenticators)
@@ -127,7 +136,9 @@ def build_platform(settings: Settings) -> Platform:
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
     app = ContextMiddleware(app, routes, dataplane.known_models)
-    return Platform(settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit)
+    return Platform(
+        settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit, cds=cds
+    )
 
 
 def _check_authenticators(routes: RouteTable, authenticators: dict[str, Authenticator]) -> None:

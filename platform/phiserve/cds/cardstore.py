@@ -21,13 +21,11 @@ from dataclasses import dataclass
 class IssuedCard:
     """What feedback on a card is joined to."""
 
-    service: str
     model: str
     version: int
     decision: str
     patient: str  # keyed pseudonym ("patient:<32 hex>")
     hook_instance: str
-    issued_at: float  # the store's clock
 
 
 class CardStore:
@@ -39,7 +37,8 @@ class CardStore:
         self.capacity = capacity
         self.ttl_s = ttl_s
         self.clock = clock
-        self._cards: OrderedDict[uuid.UUID, IssuedCard] = OrderedDict()
+        # uuid -> (issued at, by self.clock; the card), oldest first.
+        self._cards: OrderedDict[uuid.UUID, tuple[float, IssuedCard]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cards)
@@ -47,20 +46,18 @@ class CardStore:
     def add(self, card_id: uuid.UUID, card: IssuedCard) -> None:
         """Remember an issued card, forgetting the oldest beyond the capacity."""
         self._expire()
-        self._cards[card_id] = card
+        self._cards[card_id] = (self.clock(), card)
         while len(self._cards) > self.capacity:
             self._cards.popitem(last=False)
 
     def get(self, card_id: uuid.UUID) -> IssuedCard | None:
         """The card, unless it was never issued or is forgotten."""
         self._expire()
-        return self._cards.get(card_id)
+        found = self._cards.get(card_id)
+        return None if found is None else found[1]
 
     def _expire(self) -> None:
         oldest = self.clock() - self.ttl_s
         cards = self._cards
-        while cards:
-            first = next(iter(cards.values()))
-            if first.issued_at > oldest:
-                return
+        while cards and next(iter(cards.values()))[0] <= oldest:
             cards.popitem(last=False)
