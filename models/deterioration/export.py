@@ -313,8 +313,8 @@ def export(seed: int = 0) -> ExportedModel:
             "population; no clinical validity whatsoever.",
             "A linear model of a partly non-linear formula: risk at extreme temperatures and "
             "sodium values is underestimated.",
-            f"Conformal coverage holds on average over patients like the calibration split, per "
-            f"outcome; not for each patient or subgroup (see the coverage rows).",
+            "Conformal coverage holds on average over patients like the calibration split, per "
+            "outcome; not for each patient or subgroup (see the coverage rows).",
             "Missing values are replaced by training means, which pulls scores towards average.",
         ],
         risks={

@@ -115,7 +115,7 @@ def test_the_score_comes_back_when_only_the_label_was_asked(
     [
         (lambda b: b["bands"][-1].update(upper=0.9), "extensions.deferral: Value error, band"),
         (lambda b: b["bands"][0].update(name="scary"), "extensions.deferral.bands.0.name"),
-        (lambda b: b["ranges"].pop(), "extensions.deferral.ranges"),
+        (lambda b: b["ranges"].pop(), "extensions.deferral.input"),
         (lambda b: b.update(decision_threshold=1.0), "extensions.deferral.decision_threshold"),
         (lambda b: b.update(max_missing=-1), "extensions.deferral.max_missing"),
         (lambda b: b.update(input=None), "extensions.deferral: Value error, input and ranges"),

@@ -155,4 +155,4 @@ def test_models_verify_notices_an_edited_model_card(home: Path) -> None:
     result = run_cli(home, "models", "verify", check=False)
     assert result.returncode == 1
     assert "MODEL_CARD.md differs from the card in the authenticated manifest" in result.stdout
-    assert "1 of 2 versions verified" in result.stdout
+    assert "2 of 3 versions verified" in result.stdout

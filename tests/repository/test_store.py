@@ -40,7 +40,7 @@ def _version_dir(home: Path, version: int = 1, model: str = MODEL) -> Path:
 
 def test_built_repository_loads_and_matches_digest(home: Path) -> None:
     repo, provider = _repo(home)
-    assert repo.models() == ["breast-cancer", "chest-xray"]
+    assert repo.models() == ["breast-cancer", "chest-xray", "deterioration"]
     artifact = repo.load(MODEL, 1, provider)
     assert hashlib.sha256(artifact.onnx_bytes).hexdigest() == artifact.manifest.sha256
     model = onnx.load_model_from_string(artifact.onnx_bytes)
@@ -156,7 +156,7 @@ def test_parity_failure_is_never_published(home: Path) -> None:
 
 def test_cli_verify_reports_tampering_without_traceback(home: Path) -> None:
     ok = run_cli(home, "models", "verify")
-    assert "2 of 2 versions verified" in ok.stdout
+    assert "3 of 3 versions verified" in ok.stdout
     artifact = _version_dir(home) / ARTIFACT_FILE
     artifact.write_bytes(artifact.read_bytes()[:-1])
     bad = run_cli(home, "models", "verify", check=False)
@@ -179,11 +179,11 @@ def test_rotation_rewraps_without_touching_payloads(home: Path) -> None:
     artifacts = sorted(settings.repository_dir.rglob(ARTIFACT_FILE))
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in artifacts]
     out = run_cli(home, "keys", "rotate")
-    assert "re-wrapped 2 model versions" in out.stdout
+    assert "re-wrapped 3 model versions" in out.stdout
     after = json.loads(settings.kek_file.read_text())
     assert after["current"] != before_kek and list(after["keys"]) == [after["current"]]
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in artifacts] == digests
-    assert "2 of 2 versions verified" in run_cli(home, "models", "verify").stdout
+    assert "3 of 3 versions verified" in run_cli(home, "models", "verify").stdout
     manifest = json.loads((_version_dir(home) / MANIFEST_FILE).read_text())
     assert manifest["encryption"]["key_id"] == after["current"]
 

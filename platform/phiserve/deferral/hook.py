@@ -22,7 +22,7 @@ from phiserve.deferral.policy import (
 )
 from phiserve.deferral.policy import OUT_OF_RANGE as OUT_OF_RANGE_REASON
 from phiserve.errors import ConfigurationError
-from phiserve.explain.blocks import Confidence, confidence_of, validate_block
+from phiserve.explain.blocks import Confidence, check_input, confidence_of, load_block
 from phiserve.model import InferenceRequest, InferenceResponse, Model, ModelHook
 from phiserve.repository.manifest import Manifest
 
@@ -90,18 +90,11 @@ class DeferralHook(ModelHook):
 
 def deferral_hook(manifest: Manifest, counter: DeferralCounter = DEFERRALS) -> DeferralHook | None:
     """Hook factory: a version with a ``"deferral"`` block."""
-    block = manifest.extensions.get(EXTENSION)
-    if block is None:
+    policy = load_block(manifest, EXTENSION, DeferralPolicy)
+    if policy is None:
         return None
-    policy = validate_block(DeferralPolicy, EXTENSION, block, manifest)
-    policy.score.check(manifest, EXTENSION)
     if policy.input is not None:
-        spec = next((s for s in manifest.inputs if s.name == policy.input), None)
-        if spec is None or spec.shape != [-1, len(policy.ranges)]:
-            raise ConfigurationError(
-                f"model {manifest.name!r} version {manifest.version}: extensions.deferral.ranges: "
-                f"need one range per column of an input {policy.input!r}"
-            )
+        check_input(manifest, EXTENSION, policy.input, len(policy.ranges))
     confidence = confidence_of(manifest)
     if policy.defer_uncertain and confidence is None:
         raise ConfigurationError(

@@ -143,11 +143,29 @@ def validate_block(
         ) from None
 
 
-def confidence_of(manifest: Manifest) -> Confidence | None:
-    """The validated ``"confidence"`` block, checked against the signature, or ``None``."""
-    block = manifest.extensions.get(CONFIDENCE)
+def load_block(manifest: Manifest, name: str, kind: type[_Block]) -> _Block | None:
+    """Extension ``name`` of ``manifest`` as ``kind`` (its ``score``, if any, checked against the
+    signature), or ``None`` when the manifest has none."""
+    block = manifest.extensions.get(name)
     if block is None:
         return None
-    confidence = validate_block(Confidence, CONFIDENCE, block, manifest)
-    confidence.score.check(manifest, CONFIDENCE)
-    return confidence
+    value = validate_block(kind, name, block, manifest)
+    score = getattr(value, "score", None)
+    if isinstance(score, ScoreRef):
+        score.check(manifest, name)
+    return value
+
+
+def check_input(manifest: Manifest, block: str, name: str, columns: int) -> None:
+    """Raise a :class:`ConfigurationError` unless input ``name`` is FP32 ``[-1, columns]``."""
+    spec = next((s for s in manifest.inputs if s.name == name), None)
+    if spec is None or spec.datatype != "FP32" or spec.shape != [-1, columns]:
+        raise ConfigurationError(
+            f"model {manifest.name!r} version {manifest.version}: extensions.{block}.input: "
+            f"the model needs an FP32 input {name!r} of shape [-1, {columns}]"
+        )
+
+
+def confidence_of(manifest: Manifest) -> Confidence | None:
+    """The validated ``"confidence"`` block, or ``None``."""
+    return load_block(manifest, CONFIDENCE, Confidence)

@@ -20,13 +20,14 @@ from typing import Final
 import numpy as np
 
 from phiserve.clinical.annotations import CLINICAL
-from phiserve.errors import BadRequest, ConfigurationError
+from phiserve.errors import BadRequest
 from phiserve.explain.blocks import (
     EXPLANATION,
     Confidence,
     LinearExplanation,
+    check_input,
     confidence_of,
-    validate_block,
+    load_block,
 )
 from phiserve.model import InferenceRequest, InferenceResponse, Model, ModelHook
 from phiserve.repository.manifest import Manifest
@@ -80,16 +81,8 @@ class ExplanationHook(ModelHook):
 
 def explanation_hook(manifest: Manifest) -> ExplanationHook | None:
     """Hook factory: a version with an ``"explanation"`` block (and maybe ``"confidence"``)."""
-    block = manifest.extensions.get(EXPLANATION)
-    if block is None:
+    explanation = load_block(manifest, EXPLANATION, LinearExplanation)
+    if explanation is None:
         return None
-    explanation = validate_block(LinearExplanation, EXPLANATION, block, manifest)
-    explanation.score.check(manifest, EXPLANATION)
-    spec = next((s for s in manifest.inputs if s.name == explanation.input), None)
-    if spec is None or spec.shape != [-1, len(explanation.features)]:
-        raise ConfigurationError(
-            f"model {manifest.name!r} version {manifest.version}: extensions.explanation.input: "
-            f"the model needs an input {explanation.input!r} of shape "
-            f"[-1, {len(explanation.features)}]"
-        )
+    check_input(manifest, EXPLANATION, explanation.input, len(explanation.features))
     return ExplanationHook(explanation, confidence_of(manifest))

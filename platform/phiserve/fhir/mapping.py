@@ -13,13 +13,11 @@ mapping to the FHIR and CDS Hooks front ends.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from phiserve.errors import ConfigurationError
-from phiserve.explain.blocks import ScoreRef, validate_block
+from phiserve.explain.blocks import ScoreRef, check_input, load_block
 from phiserve.model import Model, ModelHook
 from phiserve.repository.manifest import Manifest
 
@@ -164,20 +162,6 @@ class FhirMapping(_Strict):
         return any(isinstance(f.source, EncounterHoursSource) for f in self.features)
 
 
-def validate_mapping(block: Mapping[str, Any], manifest: Manifest) -> FhirMapping:
-    """The validated block, whose input exists as FP32 ``[-1, n_features]``; a
-    :class:`ConfigurationError` naming the first bad field otherwise."""
-    mapping = validate_block(FhirMapping, EXTENSION, block, manifest)
-    spec = next((s for s in manifest.inputs if s.name == mapping.input), None)
-    if spec is None or spec.datatype != "FP32" or spec.shape != [-1, len(mapping.features)]:
-        raise ConfigurationError(
-            f"model {manifest.name!r} version {manifest.version}: extensions.fhir.input: the "
-            f"model needs an FP32 input {mapping.input!r} of shape [-1, {len(mapping.features)}]"
-        )
-    mapping.score.check(manifest, EXTENSION)
-    return mapping
-
-
 class MappingHook(ModelHook):
     """Holds a version's validated mapping; changes nothing in requests or responses."""
 
@@ -187,8 +171,11 @@ class MappingHook(ModelHook):
 
 def mapping_hook(manifest: Manifest) -> MappingHook | None:
     """Hook factory: validate the ``"fhir"`` block of a version that has one."""
-    block = manifest.extensions.get(EXTENSION)
-    return None if block is None else MappingHook(validate_mapping(block, manifest))
+    mapping = load_block(manifest, EXTENSION, FhirMapping)
+    if mapping is None:
+        return None
+    check_input(manifest, EXTENSION, mapping.input, len(mapping.features))
+    return MappingHook(mapping)
 
 
 def mapping_of(model: Model) -> FhirMapping | None:

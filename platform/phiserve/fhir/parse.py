@@ -75,7 +75,7 @@ def _walk(doc: Any, where: str, depth: int) -> Iterator[Found]:
     if kind in _CONTAINERS:
         if depth > _MAX_DEPTH:
             raise BadRequest(f"{where}: Bundles and Parameters nest more than {_MAX_DEPTH} deep")
-        yield from (_bundle if kind == "Bundle" else _parameters)(doc, where, depth)
+        yield from _container(doc, where, depth)
     else:
         yield where, kind, doc
 
@@ -94,26 +94,19 @@ def _resource_type(doc: Any, where: str) -> str:
     return kind
 
 
-def _bundle(doc: dict[str, Any], where: str, depth: int) -> Iterator[Found]:
-    entries = doc.get("entry") or []
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise BadRequest(f"{where}: Bundle.entry must be a list of objects")
-    shell = {**doc, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
-    _validate(Bundle, shell, where)
-    for i, entry in enumerate(entries):
-        if "resource" in entry:
-            yield from _walk(entry["resource"], f"{where}.entry[{i}].resource", depth + 1)
-
-
-def _parameters(doc: dict[str, Any], where: str, depth: int) -> Iterator[Found]:
-    params = doc.get("parameter") or []
-    if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
-        raise BadRequest(f"{where}: Parameters.parameter must be a list of objects")
-    shell = {**doc, "parameter": [{k: v for k, v in p.items() if k != "resource"} for p in params]}
-    _validate(Parameters, shell, where)
-    for i, param in enumerate(params):
-        if "resource" in param:
-            yield from _walk(param["resource"], f"{where}.parameter[{i}].resource", depth + 1)
+def _container(doc: dict[str, Any], where: str, depth: int) -> Iterator[Found]:
+    """A Bundle's entries or a Parameters' parameters: the envelope validated without the
+    resources, then each resource walked."""
+    kind = doc["resourceType"]
+    model, field = (Bundle, "entry") if kind == "Bundle" else (Parameters, "parameter")
+    items = doc.get(field) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise BadRequest(f"{where}: {kind}.{field} must be a list of objects")
+    shell = {**doc, field: [{k: v for k, v in i.items() if k != "resource"} for i in items]}
+    _validate(model, shell, where)
+    for n, item in enumerate(items):
+        if "resource" in item:
+            yield from _walk(item["resource"], f"{where}.{field}[{n}].resource", depth + 1)
 
 
 def _validate(
