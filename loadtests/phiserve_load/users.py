@@ -51,7 +51,7 @@ class ServerError(Exception):
     """A non-200 answer: status and the server's error message."""
 
 
-def _error_message(status: int, body: bytes | None) -> str:
+def error_message(status: int, body: bytes | None) -> str:
     detail = ""
     if body:
         try:
@@ -128,7 +128,7 @@ class PhiserveUser(FastHttpUser):
                 status = resp.status_code or 0
                 # Status 0: no answer; locust already holds the connection error as the cause.
                 if status not in (0, 200):
-                    resp.failure(ServerError(_error_message(status, resp.content)))
+                    resp.failure(ServerError(error_message(status, resp.content)))
                 if intended is not None:
                     resp.request_meta["response_time"] = (time.perf_counter() - intended) * 1000.0
         except GreenletExit:
