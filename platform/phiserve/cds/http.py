@@ -29,6 +29,7 @@ records hold the cards' uuids and the facts they were joined to.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -183,8 +184,10 @@ class CdsHandlers:
     def _features(
         self, mapping: FhirMapping, values: list[dict[str, Any]], request: CdsRequest, now: datetime
     ) -> FeatureVector:
+        started = time.thread_time()
         resources = parse_resources(values, max_entries=self.max_entries)
-        return extract(
+        parsed = time.thread_time()
+        features = extract(
             mapping,
             resources,
             patient_id=request.context.patientId,
@@ -192,6 +195,8 @@ class CdsHandlers:
             now=now,
             future_skew=self.future_skew,
         )
+        CDS_METRICS.fhir_cpu(parsed - started, time.thread_time() - parsed)
+        return features
 
     # --- feedback --------------------------------------------------------------------------
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,9 +3,13 @@
 
 Every label is bounded: model and version through ``METRICS.labels`` (unknown: ``_unknown``),
 the card's decision (the clinical result's), the feedback outcome (accepted | overridden), the
-override reason (a code from the cards' own list, ``other`` or ``none``), and the outcome of a
-read from the EHR's FHIR server (``ok`` or a cause of phiserve.cds.fetch) by prefetch key (the
-service's own keys). Never a value from a request.
+override reason (a code from the cards' own list, ``other`` or ``none``), the outcome of a read
+from the EHR's FHIR server (``ok`` or a cause of phiserve.cds.fetch) by prefetch key (the
+service's own keys), and the stage of reading FHIR (``parse``: fhir.resources validation;
+``extract``: the feature mapping). Never a value from a request.
+
+The CPU seconds of reading FHIR are the calling thread's (``time.thread_time``), so dividing them
+by the calls gives what parsing costs per call whatever else the machine runs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class CdsMetrics:
         self._cards: Counter[tuple[str, str, str]] = Counter()
         self._feedback: Counter[tuple[str, str, str, str]] = Counter()
         self._reads: Counter[tuple[str, str]] = Counter()
+        self._fhir_cpu: Counter[str] = Counter()
 
     def card_issued(self, model: str, version: int, decision: str) -> None:
         """One card went out."""
@@ -45,17 +50,25 @@ class CdsMetrics:
         with self._lock:
             self._reads[(key, outcome)] += 1
 
+    def fhir_cpu(self, parse_s: float, extract_s: float) -> None:
+        """CPU seconds one call spent validating FHIR and mapping it to features."""
+        with self._lock:
+            self._fhir_cpu["parse"] += parse_s
+            self._fhir_cpu["extract"] += extract_s
+
     def reset(self) -> None:
         """Drop every series (tests)."""
         with self._lock:
             self._cards.clear()
             self._feedback.clear()
             self._reads.clear()
+            self._fhir_cpu.clear()
 
     def collect(self) -> Iterator[Metric]:
         """Metric families for the registry (called at scrape time)."""
         with self._lock:
             cards, feedback, reads = dict(self._cards), dict(self._feedback), dict(self._reads)
+            fhir_cpu = dict(self._fhir_cpu)
         family = CounterMetricFamily(
             "phiserve_cds_cards",
             "CDS Hooks cards issued, by decision.",
@@ -79,6 +92,14 @@ class CdsMetrics:
         )
         for labels, n in reads.items():
             family.add_metric(list(labels), n)
+        yield family
+        family = CounterMetricFamily(
+            "phiserve_cds_fhir_cpu_seconds",
+            "CPU seconds CDS calls spent reading FHIR: parse (fhir.resources), extract (mapping).",
+            labels=["stage"],
+        )
+        for stage, seconds in fhir_cpu.items():
+            family.add_metric([stage], seconds)
         yield family
 
 
