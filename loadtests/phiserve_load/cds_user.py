@@ -19,7 +19,7 @@ from locust import FastHttpUser, task
 from phiserve_load import options as options_mod
 from phiserve_load.cds import ENCODING, CallBody, Signer
 from phiserve_load.discovery import Client, PreflightError
-from phiserve_load.users import CONTEXT_KEY, ServerError, error_message
+from phiserve_load.users import CONTEXT_KEY, ServerError, check_answer, error_message
 
 
 @dataclass
@@ -120,9 +120,5 @@ class CdsHooksUser(FastHttpUser):
             catch_response=True,
             context={CONTEXT_KEY: ctx},
         ) as resp:
-            ctx["service_ms"] = resp.request_meta["response_time"]
-            status = resp.status_code or 0
-            if status not in (0, 200):
-                resp.failure(ServerError(error_message(status, resp.content)))
-            elif status == 200 and b'"cards":[{' not in (resp.content or b""):
+            if check_answer(resp, ctx) == 200 and b'"cards":[{' not in (resp.content or b""):
                 resp.failure(ServerError("HTTP 200 without a card"))

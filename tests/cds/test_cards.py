@@ -3,43 +3,29 @@ card store feedback joins on."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from phiserve.cds import cards
 from phiserve.cds.cardstore import CardStore, IssuedCard
-from phiserve.clinical import ClinicalResult, predict
-from phiserve.fhir.features import FeatureVector, extract, parse_resources
+from phiserve.clinical import ClinicalResult
+from phiserve.fhir.features import FeatureVector
 from phiserve.fhir.mapping import FhirMapping
+from tests.clinical.test_predict import NOW, features, run
 from tests.fhir import bundles as fb
 from tests.security.helpers import FakeClock
 
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 URL = "https://cds.example.org/model-cards/deterioration/versions/1"
 
 
 def results(
     make_plane: Callable[..., Any], mapping: FhirMapping, records: list[list[dict[str, Any]]]
 ) -> list[tuple[ClinicalResult, FeatureVector]]:
-    vectors = [
-        extract(mapping, parse_resources(r, max_entries=100), patient_id=fb.PATIENT_ID, now=NOW)
-        for r in records
-    ]
-
-    async def main() -> list[ClinicalResult]:
-        plane, _ = make_plane()
-        await plane.start()
-        try:
-            model = plane.resolve("deterioration", None)
-            return [await predict(plane, model, v) for v in vectors]
-        finally:
-            await plane.stop()
-
-    return list(zip(asyncio.run(main()), vectors, strict=True))
+    vectors = [features(mapping, record) for record in records]
+    return list(zip(run(make_plane, vectors), vectors, strict=True))
 
 
 def test_a_standing_prediction_card(make_plane: Callable[..., Any], mapping: FhirMapping) -> None:

@@ -22,7 +22,6 @@ writes every request URL at INFO level, so it is held at WARNING here.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import urllib.parse
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import httpx
 
 from phiserve.errors import BadRequest, PhiserveError
 from phiserve.http.io import parse_json_object
+from phiserve.security.jwks import is_loopback
 
 # Request URLs carry patient ids: httpx's per-request INFO line must never reach a log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -59,17 +59,6 @@ class FetchFailed(Exception):
         self.cause = cause
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_server(base: str, allowed: Sequence[str] | None) -> str:
     """``base`` without a trailing slash, if it may be read from; 400 otherwise.
 
@@ -81,7 +70,7 @@ def check_server(base: str, allowed: Sequence[str] | None) -> str:
         host = parts.hostname
     except ValueError:
         raise BadRequest("fhirServer is not a valid URL") from None
-    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+    secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host))
     if not host or not secure or "@" in parts.netloc or parts.query or parts.fragment:
         raise BadRequest("fhirServer must be an https URL without credentials, query or fragment")
     base = base.rstrip("/")

@@ -67,40 +67,23 @@ class CdsMetrics:
     def collect(self) -> Iterator[Metric]:
         """Metric families for the registry (called at scrape time)."""
         with self._lock:
-            cards, feedback, reads = dict(self._cards), dict(self._feedback), dict(self._reads)
-            fhir_cpu = dict(self._fhir_cpu)
-        family = CounterMetricFamily(
-            "phiserve_cds_cards",
-            "CDS Hooks cards issued, by decision.",
-            labels=["model", "version", "decision"],
-        )
-        for labels, n in cards.items():
-            family.add_metric(list(labels), n)
-        yield family
-        family = CounterMetricFamily(
-            "phiserve_cds_feedback",
-            "CDS Hooks feedback joined to an issued card, by outcome and override reason.",
-            labels=["model", "version", "outcome", "reason"],
-        )
-        for labels, n in feedback.items():
-            family.add_metric(list(labels), n)
-        yield family
-        family = CounterMetricFamily(
-            "phiserve_cds_fhir_reads",
-            "Prefetch keys read from the EHR's FHIR server, by outcome.",
-            labels=["key", "outcome"],
-        )
-        for labels, n in reads.items():
-            family.add_metric(list(labels), n)
-        yield family
-        family = CounterMetricFamily(
-            "phiserve_cds_fhir_cpu_seconds",
-            "CPU seconds CDS calls spent reading FHIR: parse (fhir.resources), extract (mapping).",
-            labels=["stage"],
-        )
-        for stage, seconds in fhir_cpu.items():
-            family.add_metric([stage], seconds)
-        yield family
+            series = [
+                ("cards", "CDS Hooks cards issued, by decision.",
+                 ("model", "version", "decision"), dict(self._cards)),
+                ("feedback", "CDS Hooks feedback joined to an issued card, by outcome and "
+                 "override reason.", ("model", "version", "outcome", "reason"),
+                 dict(self._feedback)),
+                ("fhir_reads", "Prefetch keys read from the EHR's FHIR server, by outcome.",
+                 ("key", "outcome"), dict(self._reads)),
+                ("fhir_cpu_seconds", "CPU seconds CDS calls spent reading FHIR: parse "
+                 "(fhir.resources), extract (the feature mapping).", ("stage",),
+                 {(stage,): s for stage, s in self._fhir_cpu.items()}),
+            ]  # fmt: skip
+        for name, doc, labels, values in series:
+            family = CounterMetricFamily(f"phiserve_cds_{name}", doc, labels=list(labels))
+            for key, value in values.items():
+                family.add_metric(list(key), value)
+            yield family
 
 
 CDS_METRICS = CdsMetrics()

@@ -64,7 +64,7 @@ from phiserve.security.errors import (
 from phiserve.security.jwks import FileKeySet, KeySet, UrlKeySet
 from phiserve.security.middleware import bearer_token
 from phiserve.security.principal import Principal
-from phiserve.security.tokens import ASYMMETRIC_ALGORITHMS, refusal
+from phiserve.security.tokens import asymmetric, refusal
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,9 @@ class CdsClientAuthenticator:
         replay: ReplayGuard,
         leeway_s: float = 30.0,
     ) -> None:
-        algs = frozenset(algorithms)
-        if not algs or not algs <= ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"CDS JWT algorithms must be asymmetric: {sorted(algs - ASYMMETRIC_ALGORITHMS)}"
-            )
+        self.algorithms = asymmetric(algorithms)
         self.clients = {client.iss: client for client in clients}
         self.base_url = base_url.rstrip("/")
-        self.algorithms = algs
         self.max_lifetime_s = max_lifetime_s
         self.replay = replay
         self.leeway_s = leeway_s

@@ -55,6 +55,17 @@ _SCOPE_OK = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 scope-t
 _MAX_SCOPES: Final = 256
 
 
+def asymmetric(algorithms: Iterable[str]) -> frozenset[str]:
+    """``algorithms`` as a set, if it is a non-empty set of asymmetric ones; else a start-up
+    error (``none`` and HMAC must never verify a token)."""
+    algs = frozenset(algorithms)
+    if not algs or not algs <= ASYMMETRIC_ALGORITHMS:
+        raise ConfigurationError(
+            f"JWT algorithms must be asymmetric: {sorted(algs - ASYMMETRIC_ALGORITHMS)}"
+        )
+    return algs
+
+
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     """Scopes from the standard ``scope`` string and/or an ``scp`` list (or string)."""
     found: list[str] = []
@@ -85,11 +96,7 @@ class TokenVerifier:
         cache_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        algs = frozenset(algorithms)
-        if not algs or not algs <= ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"JWT algorithms must be asymmetric: {sorted(algs - ASYMMETRIC_ALGORITHMS)}"
-            )
+        algs = asymmetric(algorithms)
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
