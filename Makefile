@@ -10,7 +10,7 @@ TOOLS  := .tools
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
 .PHONY: help setup tools serve test lint format bench bench-crypto chart-docs chart-check tf-check \
-        loadtest loadtest-chart demo soak helm-values clean
+        loadtest loadtest-chart demo soak helm-values clean prometheus monitor drift-demo
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ serve: setup ## prepare dev keys and example models, then serve on 127.0.0.1:300
 	$(BIN)/phiserve dev init
 	$(BIN)/phiserve serve
 
-test: setup tools ## run every test
+test: setup tools prometheus ## run every test
 	$(BIN)/pytest
 
 lint: setup ## ruff lint and format check
@@ -45,6 +45,17 @@ lint: setup ## ruff lint and format check
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+prometheus: ## install Prometheus 2.42 and promtool (Debian's package) when missing
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } || \
+	  echo "prometheus: not installed (needs root): the monitoring tests will skip"
+
+monitor: prometheus ## Prometheus with the shipped alert rules against a running phiserve (TARGET=127.0.0.1:3000)
+	bash tools/monitor.sh
+
+drift-demo: setup ## serve, send a shifted population halfway, chart the PSI crossing its threshold
+	$(BIN)/python -m demos.drift
 
 bench: setup ## phiserve vs MLServer vs a bare floor, and the cost of each feature
 	$(BIN)/python -m benchmarks.serving

@@ -8,8 +8,8 @@ the same plaintext bytes to a file beside it: the baseline a user has without en
 Then, alternating the two so drift hits both alike, it times
 
 encrypted
-    ``ModelRepository.load`` (read, unwrap the data key, AES-256-GCM decrypt into a new bytes
-    object on huge pages, manifest checks) + :class:`phiserve.runtime.onnx.OnnxSession`
+    ``ModelRepository.load`` (unwrap the data key, manifest checks, ``AESGCM.decrypt`` reading the
+    ciphertext from an mmap of the file) + :class:`phiserve.runtime.onnx.OnnxSession`
     (onnxruntime session from the bytes);
 plaintext
     ``onnxruntime.InferenceSession(path)`` with the same session options;
@@ -177,8 +177,8 @@ def main() -> int:
         def load_plain() -> ort.InferenceSession:
             return ort.InferenceSession(str(plain), sess_options=session_options(), providers=[CPU])
 
-        # One-time costs (onnxruntime's process initialisation, the first huge-page faults of
-        # the process) are paid here, by neither side.
+        # One-time costs (onnxruntime's process initialisation, the process's first large
+        # allocations) are paid here, by neither side.
         load_plain()
         load_encrypted()
 
@@ -282,8 +282,7 @@ def render(
     lines += [
         "",
         "encrypted = ModelRepository.load as the server calls it (unwrap, manifest MAC, "
-        "AES-256-GCM decrypt from an mmap of the ciphertext into a new bytes object on huge "
-        "pages; the tag authenticates the digest) "
+        "AESGCM.decrypt of an mmap of the ciphertext; the tag authenticates the digest) "
         "+ OnnxSession (session from bytes); plaintext = InferenceSession(path); same session "
         "options (ORT_ENABLE_ALL, no spinning); cold = the model's files evicted from the page "
         "cache with posix_fadvise(DONTNEED) before each run.",

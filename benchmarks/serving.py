@@ -2,11 +2,11 @@
 
 One run prepares a phiserve home (dev keys, example models), starts side by side on this machine
 
-* phiserve serving ``breast-cancer`` as shipped (auth and audit at their defaults, tracing off),
-  with auth and audit off, and with OpenTelemetry tracing (the SDK's batch processor and
-  OTLP/HTTP exporter, to a local sink) sampling 10% and 100% of requests with
-  ``parentbased_traceidratio`` (each compared with tracing off, the shipped server: req/s, p50
-  and p99 ratios side by side; information, not a gate);
+* phiserve serving ``breast-cancer`` as shipped (auth, audit and model monitoring at their
+  defaults, tracing off), with auth and audit off, with model monitoring off, and with
+  OpenTelemetry tracing (the SDK's batch processor and OTLP/HTTP exporter, to a local sink)
+  sampling 10% and 100% of requests with ``parentbased_traceidratio`` (each compared with tracing
+  off, the shipped server: req/s, p50 and p99 ratios side by side; information, not a gate);
 * Seldon MLServer 1.7 (its own venv, ``tools/bench-venvs.sh``) serving the same ONNX model through
   :mod:`benchmarks.mlserver_runtime`, with MLServer's default settings;
 * the floor (:mod:`benchmarks.floor`): the same onnxruntime call behind a bare Starlette route;
@@ -28,9 +28,9 @@ server counts the CPU seconds its CDS calls spend in fhir.resources and in the m
 Knobs (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_REPEATS (3), BENCH_USERS (32),
 BENCH_RATE (600 req/s, open loop), BENCH_MAX_OUTSTANDING (256), BENCH_XRAY_USERS (16),
 BENCH_XRAY_SECONDS (BENCH_SECONDS), BENCH_XRAY_REPEATS (2), BENCH_CDS_USERS (16), BENCH_ONLY
-(comma list of phiserve, features, tracing, bentoml, mlserver, mlserver-nolog, floor, open, xray,
-cds; default all),
-BENCH_HOME (reuse a prepared phiserve home instead of building the example models), BENCH_OUT (reports/bench),
+(comma list of phiserve, features, monitoring, tracing, bentoml, mlserver, mlserver-nolog, floor,
+open, xray, cds; default all), BENCH_HOME (reuse a prepared phiserve home instead of building the
+example models), BENCH_OUT (reports/bench),
 BENCH_INSTALL_MLSERVER (1: create .venv-mlserver with tools/bench-venvs.sh when it is missing).
 
 This machine is shared (other sessions run test suites on the same two cores), so before each
@@ -94,8 +94,8 @@ from benchmarks.stats import (
 )
 
 GROUPS = (
-    "phiserve", "features", "tracing", "bentoml", "mlserver", "mlserver-nolog", "floor", "open",
-    "xray", "cds",
+    "phiserve", "features", "monitoring", "tracing", "bentoml", "mlserver", "mlserver-nolog",
+    "floor", "open", "xray", "cds",
 )  # fmt: skip
 # CDS Hooks: Observations in each call's prefetch, and the bench EHR that signs the calls.
 CDS_OBSERVATIONS = 100
@@ -218,6 +218,7 @@ def phiserve_variants(
         "cds": ("phiserve CDS Hooks", cds_env or {}, True),
         "shipped": ("phiserve (as shipped)", {}, True),
         "off": ("phiserve (auth+audit off)", dict(_OFF), False),
+        "nomon": ("phiserve (monitoring off)", {"PHISERVE_MONITORING_ENABLED": "false"}, True),
         "trace1": ("phiserve (trace 1.0)", _otel("1.0", sink_url), True),
         "trace01": ("phiserve (trace 0.1)", _otel("0.1", sink_url), True),
         "xray-unbatched": (
@@ -250,6 +251,8 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
     closed = [("phiserve", "shipped", "phiserve (as shipped)")]
     if "features" in cfg.only:
         closed.append(("features", "off", "phiserve (auth+audit off)"))
+    if "monitoring" in cfg.only:
+        closed.append(("monitoring", "nomon", "phiserve (monitoring off)"))
     if "tracing" in cfg.only:
         closed += [
             ("tracing", "trace01", "phiserve (trace 0.1)"),
@@ -264,8 +267,8 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
         closed.append(("mlserver-nolog", "mlserver-nolog", "MLServer 1.7 (debug=false)"))
     closed.append(("floor", "floor", "floor (Starlette)"))
     out: list[Scenario] = []
-    # The shipped server is the baseline of the features, tracing and BentoML ratios too.
-    baseline = {"phiserve", "features", "tracing", "bentoml"} & set(cfg.only)
+    # The shipped server is the baseline of the features, monitoring, tracing and BentoML ratios.
+    baseline = {"phiserve", "features", "monitoring", "tracing", "bentoml"} & set(cfg.only)
     for group, server, label in closed:
         if group not in cfg.only and not (server == "shipped" and baseline):
             continue
@@ -543,6 +546,13 @@ def compute_ratios(
     if ship and off:
         r = _ratio(ship.throughput, off.throughput)
         add("auth+audit on/off throughput", r, ">= 0.90", r >= 0.90)
+    # Model monitoring's cost: the shipped server monitors breast-cancer; "nomon" does not.
+    nomon = m("nomon/closed")
+    if ship and nomon:
+        r = _ratio(ship.p99_ms, nomon.p99_ms)
+        add("monitoring on/off p99, closed", r, "<= 1.05 (no measurable cost)", r <= 1.05)
+        r = _ratio(ship.throughput, nomon.throughput)
+        add("monitoring on/off throughput, closed", r, ">= 0.95", r >= 0.95)
     # Tracing's cost against tracing off (the shipped server, auth and audit on in all three).
     for ratio, key in TRACING:
         traced = m(key)

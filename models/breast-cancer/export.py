@@ -23,6 +23,7 @@ from phiserve.export import (
     evaluate_binary,
     run_onnx,
 )
+from phiserve.monitoring import reference_block
 
 NAME = "breast-cancer"
 # The served `label` output is argmax(probabilities), i.e. P(malignant) >= 0.5, so the card's
@@ -131,4 +132,22 @@ def export(seed: int = 0) -> ExportedModel:
         },
         performance_metrics=metrics["performance_metrics"],
     )
-    return ExportedModel(NAME, onnx_bytes, parity, metrics, card, {"max_batch_size": 256})
+    # Drift reference: the training split's deciles per feature and of the artifact's scores.
+    monitoring = reference_block(
+        x_train,
+        run_onnx(onnx_bytes, {"input": x_train})["probabilities"],
+        input_name="input",
+        score_output_name="probabilities",
+        score_column=1,
+        feature_names=list(data.feature_names),
+        threshold=THRESHOLD,
+    )
+    return ExportedModel(
+        NAME,
+        onnx_bytes,
+        parity,
+        metrics,
+        card,
+        {"max_batch_size": 256},
+        extensions={"monitoring": monitoring},
+    )

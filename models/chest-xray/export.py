@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch's conventional alias)
 from torch import nn
 
 from phiserve.export import TARGET_OPSET, ExportedModel, build_card, check_parity
+from phiserve.monitoring import reference_block
 
 NAME = "chest-xray"
 CLASSES = ("normal", "pneumonia", "other")  # demonstration labels only
@@ -120,4 +121,21 @@ def export(seed: int = 0) -> ExportedModel:
             ),
         },
     )
-    return ExportedModel(NAME, onnx_bytes, parity, metrics, card, {"max_batch_size": 32})
+    # Drift reference: per-image statistics of the parity images and the "pneumonia" softmax.
+    monitoring = reference_block(
+        images.numpy(),
+        expected,
+        input_name="image",
+        score_output_name="logits",
+        score_column=CLASSES.index("pneumonia"),
+        score_transform="softmax",
+    )
+    return ExportedModel(
+        NAME,
+        onnx_bytes,
+        parity,
+        metrics,
+        card,
+        {"max_batch_size": 32},
+        extensions={"monitoring": monitoring},
+    )

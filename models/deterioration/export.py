@@ -13,7 +13,8 @@ What the export stores besides the ONNX model (all in the authenticated manifest
   exact per-feature contributions to the logit;
 - ``"confidence"``: label-conditional split conformal thresholds fitted on a calibration split,
   with the coverage measured on the held-out test split;
-- ``"deferral"``: the decision threshold, risk bands and when to defer to a human.
+- ``"deferral"``: the decision threshold, risk bands and when to defer to a human;
+- ``"monitoring"``: reference statistics of the training split, for drift in /metrics.
 
 Nothing is written to disk: the ONNX model exists only as bytes in memory.
 """
@@ -40,6 +41,7 @@ from phiserve.export import (
     run_onnx,
 )
 from phiserve.fhir.mapping import FhirMapping
+from phiserve.monitoring import reference_block
 
 NAME = "deterioration"
 FEATURES_FILE = Path(__file__).with_name("features.yaml")
@@ -70,7 +72,9 @@ def synthesize(n: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray],
         "systolic_bp": np.clip(rng.normal(126, 21, n) - 0.1 * (age - 64), 60, 230),
         "temperature": np.clip(rng.normal(37.0, 0.7, n), 34, 41.5),
         "spo2": np.clip(rng.normal(96, 2.6, n), 70, 100),
-        "creatinine": np.clip(rng.lognormal(np.log(1.0), 0.45, n) * (1 + 0.004 * (age - 64)), 0.2, 15),
+        "creatinine": np.clip(
+            rng.lognormal(np.log(1.0), 0.45, n) * (1 + 0.004 * (age - 64)), 0.2, 15
+        ),
         "sodium": np.clip(rng.normal(139, 4, n), 115, 165),
         "potassium": np.clip(rng.normal(4.2, 0.55, n), 2.5, 7.5),
         "glucose": np.clip(rng.lognormal(np.log(118), 0.3, n), 40, 900),
@@ -126,7 +130,13 @@ def calibration_rows(scores: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
     n = int(y.size)
     rows: list[dict[str, Any]] = [
         _row("Brier score", float(np.mean((scores - y) ** 2)), "all", n, int(y.sum())),
-        _row("mean predicted - observed rate", float(scores.mean() - y.mean()), "all", n, int(y.sum())),
+        _row(
+            "mean predicted - observed rate",
+            float(scores.mean() - y.mean()),
+            "all",
+            n,
+            int(y.sum()),
+        ),
     ]
     edges = np.quantile(scores, np.linspace(0, 1, 11))
     bins = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, 9)
@@ -134,7 +144,15 @@ def calibration_rows(scores: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
         mask = bins == b
         if mask.any():
             label = f"score decile {b + 1} (mean predicted {scores[mask].mean():.3f})"
-            rows.append(_row("observed event rate", float(y[mask].mean()), label, int(mask.sum()), int(y[mask].sum())))
+            rows.append(
+                _row(
+                    "observed event rate",
+                    float(y[mask].mean()),
+                    label,
+                    int(mask.sum()),
+                    int(y[mask].sum()),
+                )
+            )
     return rows
 
 
@@ -215,10 +233,22 @@ def export(seed: int = 0) -> ExportedModel:
         "no_event": float(in_set[y[test] == 0].mean()),
     }
     n_test, pos_test = len(test), int(y[test].sum())
-    metrics["performance_metrics"] += calibration_rows(s_test, y[test]) + [
-        _row(f"conformal coverage at {1 - ALPHA:.0%} ({k})", v, "all", n_test, pos_test)
-        for k, v in coverage.items()
-    ] + [_row("conformal set holds both outcomes", float(ambiguous.mean()), "all", n_test, pos_test)]
+    metrics["performance_metrics"] += (
+        calibration_rows(s_test, y[test])
+        + [
+            _row(f"conformal coverage at {1 - ALPHA:.0%} ({k})", v, "all", n_test, pos_test)
+            for k, v in coverage.items()
+        ]
+        + [
+            _row(
+                "conformal set holds both outcomes",
+                float(ambiguous.mean()),
+                "all",
+                n_test,
+                pos_test,
+            )
+        ]
+    )
     metrics["conformal"] = {"coverage": coverage, "ambiguous_rate": float(ambiguous.mean())}
 
     means = [float(m) for m in scaler.mean_]
@@ -261,6 +291,16 @@ def export(seed: int = 0) -> ExportedModel:
             "input": "input",
             "ranges": [f.range for f in mapping.features],
         },
+        # Drift reference: the training split's deciles per feature and of the artifact's scores.
+        "monitoring": reference_block(
+            x[train],
+            run_onnx(onnx_bytes, {"input": x[train]})["probabilities"],
+            input_name="input",
+            score_output_name="probabilities",
+            score_column=1,
+            feature_names=names,
+            threshold=threshold,
+        ),
     }
 
     card = build_card(
@@ -331,4 +371,6 @@ def export(seed: int = 0) -> ExportedModel:
         },
         performance_metrics=metrics["performance_metrics"],
     )
-    return ExportedModel(NAME, onnx_bytes, parity, metrics, card, {"max_batch_size": 256}, extensions)
+    return ExportedModel(
+        NAME, onnx_bytes, parity, metrics, card, {"max_batch_size": 256}, extensions
+    )

@@ -4,15 +4,14 @@ passes through. Wiring only; each piece lives in the folder named for its concer
 Outermost first: request context (route matched once) -> telemetry (server span, metrics) ->
 audit (one durable record per request, allowed or refused) -> FHIR routes' errors as
 OperationOutcome -> authentication and authorization -> the router, which dispatches to the V2
-handlers, the FHIR route and /metrics. All layers are plain ASGI
-callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
+handlers, the FHIR route, the CDS Hooks services and /metrics. All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
 read the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -36,7 +35,8 @@ from phiserve.fhir.http import ROUTES as FHIR_ROUTES
 from phiserve.fhir.http import FhirHandlers
 from phiserve.fhir.mapping import mapping_hook
 from phiserve.fhir.outcome import OperationOutcomeLayer
-from phiserve.http.routing import BEARER, OPEN, RouteKind, Router, RouteSpec, RouteTable
+from phiserve.http.routing import BEARER, OPEN, Handler, RouteKind, Router, RouteSpec, RouteTable
+from phiserve.monitoring import OUTCOME_ROUTE, Monitor, OutcomeHandlers
 from phiserve.protocol.http import ROUTES as V2_ROUTES
 from phiserve.protocol.http import V2Handlers
 from phiserve.registry import ModelRegistry
@@ -63,6 +63,7 @@ class Platform:
     app: ASGIApp
     audit: AuditWriter | None
     cds: CdsHandlers
+    monitor: Monitor | None = None
 
     async def start(self) -> None:
         """Open the audit trail, start exporters and load models (in the worker process)."""
@@ -70,6 +71,8 @@ class Platform:
         if self.audit:
             # Recovers a torn tail from a crash; raises on a tampered trail.
             await asyncio.to_thread(self.audit.start)
+        if self.monitor:
+            self.monitor.start()
         await self.dataplane.start()
         tune_gc(self.settings.gc_thresholds)
 
@@ -77,6 +80,8 @@ class Platform:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
         await self.cds.aclose()
+        if self.monitor:
+            await asyncio.to_thread(self.monitor.stop)
         if self.audit:
             await self.audit.aclose()
         telemetry.shutdown_tracing()
@@ -88,25 +93,27 @@ def build_platform(settings: Settings) -> Platform:
     Only configuration and keys are read here (the JWKS, the audit key provider), so a bad
     set-up fails before serving; models load and the audit trail opens in :meth:`Platform.start`.
     """
+    audit = None
+    if settings.audit_enabled:
+        provider = key_provider_from_settings(settings, purpose="audit")
+        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
+    # Audit details name identifiers by pseudonym; without a trail, under a random process key.
+    pseudonymize = audit.pseudonym if audit else partial(pseudonym, os.urandom(32))
+    monitor = Monitor.from_settings(settings) if settings.monitoring_enabled else None
     registry = ModelRegistry(
         ModelRepository(settings.repository_dir),
         partial(key_provider_from_settings, settings),
         runtimes(settings),
         pinned_versions=settings.pinned_versions,
-        # Per version, in this order: FHIR mapping (validated, no work per request),
-        # explanations, deferral; later hooks see the response parameters earlier ones add.
-        hooks=(mapping_hook, explanation_hook, deferral_hook),
+        # Per version, in this order: FHIR mapping (validated; no work per request),
+        # explanations, deferral, monitoring; later hooks see the parameters earlier ones add.
+        hooks=(mapping_hook, explanation_hook, deferral_hook)
+        + ((monitor.hook_factory,) if monitor else ()),
     )
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
-    audit = None
-    if settings.audit_enabled:
-        provider = key_provider_from_settings(settings, purpose="audit")
-        audit = AuditWriter.from_settings(settings, provider, stream=settings.audit_stream)
-        dataplane.health_checks["audit trail"] = lambda: audit.healthy
-    # Clinical front ends name patients and resources in the audit trail only by pseudonyms;
-    # without a trail, under a key that dies with the process.
-    pseudonymize = audit.pseudonym if audit else partial(pseudonym, secrets.token_bytes(32))
-    routes = RouteTable([*V2_ROUTES, *FHIR_ROUTES, *CDS_ROUTES, METRICS_ROUTE])
+    if monitor:
+        monitor.health_checks = dataplane.health_checks
+    specs = [*V2_ROUTES, *FHIR_ROUTES, *CDS_ROUTES, METRICS_ROUTE]
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
     fhir = FhirHandlers(
         dataplane,
@@ -119,9 +126,17 @@ def build_platform(settings: Settings) -> Platform:
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
     if settings.metrics_enabled:
         DEFERRALS.register(telemetry.METRICS.registry)
-    app: ASGIApp = Router(
-        {**v2.handlers(), **fhir.handlers(), **cds.handlers(), METRICS_ROUTE.name: metrics}
-    )
+    handlers: dict[str, Handler] = {
+        **v2.handlers(),
+        **fhir.handlers(),
+        **cds.handlers(),
+        METRICS_ROUTE.name: metrics,
+    }
+    if monitor:
+        specs.append(OUTCOME_ROUTE)
+        handlers.update(OutcomeHandlers(dataplane, monitor, pseudonymize).handlers())
+    routes = RouteTable(specs)
+    app: ASGIApp = Router(handlers)
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
             BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings)),
@@ -131,13 +146,20 @@ def build_platform(settings: Settings) -> Platform:
         app = AuthMiddleware(app, authenticators)
     app = OperationOutcomeLayer(app, fhir.handlers())
     if audit:
+        dataplane.health_checks["audit trail"] = lambda: audit.healthy
         app = AuditMiddleware(app, audit)
     app = telemetry.TelemetryMiddleware(
         app, metrics=telemetry.METRICS if settings.metrics_enabled else None
     )
     app = ContextMiddleware(app, routes, dataplane.known_models)
     return Platform(
-        settings=settings, dataplane=dataplane, routes=routes, app=app, audit=audit, cds=cds
+        settings=settings,
+        dataplane=dataplane,
+        routes=routes,
+        app=app,
+        audit=audit,
+        cds=cds,
+        monitor=monitor,
     )
 
 

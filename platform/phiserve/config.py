@@ -175,6 +175,21 @@ class Settings(BaseSettings):
     # this many; feedback on a forgotten card gets 404.
     cds_card_ttl_s: PositiveInt = 24 * 3600
     cds_card_store_size: PositiveInt = 100_000
+    # --- model monitoring (versions whose manifest has a "monitoring" block) ---------------------
+    monitoring_enabled: bool = True
+    # Drift window: the last this many predicted rows per model version.
+    monitoring_window: PositiveInt = 2000
+    # PSI is exposed once the window holds this many rows (fewer give noisy values).
+    monitoring_min_rows: PositiveInt = 100
+    # Drift alert above this PSI, unless the manifest's block sets its own (0.25: significant).
+    monitoring_psi_threshold: float = Field(default=0.25, gt=0)
+    # Issued prediction ids await their outcome this long, at most this many per version.
+    monitoring_outcome_ttl_s: float = Field(default=7 * 86400, gt=0)
+    monitoring_max_predictions: PositiveInt = 100_000
+    # Accuracy, Brier score and calibration cover the last this many labelled predictions.
+    monitoring_outcome_window: PositiveInt = 1000
+    # Observations waiting for the worker beyond this many are dropped (and counted).
+    monitoring_queue_max: PositiveInt = 10_000
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -78,6 +78,12 @@ class MethodNotAllowed(PhiserveError):
     status = 405
 
 
+class Conflict(PhiserveError):
+    """The request conflicts with what the server already holds (e.g. a second outcome)."""
+
+    status = 409
+
+
 class PreconditionFailed(PhiserveError):
     """Data the call needs is neither in the request nor obtainable (CDS Hooks: missing prefetch
     and no FHIR server to fetch it from, or that server failed)."""

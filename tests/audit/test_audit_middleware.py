@@ -233,7 +233,10 @@ def test_cancelled_request_is_recorded_as_aborted(
     writer: AuditWriter, audit_dir: Path, provider: FlakyProvider
 ) -> None:
     async def go() -> None:
+        received = asyncio.Event()
+
         async def receive() -> Message:
+            received.set()
             return {"type": "http.request", "body": b"{}", "more_body": False}
 
         async def send(message: Message) -> None:
@@ -242,7 +245,7 @@ def test_cancelled_request_is_recorded_as_aborted(
         scope = {"type": "http", "method": "POST", "path": "/v2/models/hang/infer",
                  "headers": [], "client": ("10.0.0.1", 1)}  # fmt: skip
         task = asyncio.ensure_future(stack(writer)(scope, receive, send))
-        await asyncio.sleep(0.05)
+        await received.wait()  # the app has read the body: it now hangs until cancelled
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -122,6 +122,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(home: Path) -> None:
     acknowledged: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
+    under_load = threading.Event()  # enough requests acknowledged: the kill lands mid-load
 
     def client(worker: int, url: str, headers: dict[str, str]) -> None:
         with httpx.Client(timeout=5) as c:
@@ -136,13 +137,15 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(home: Path) -> None:
                 if 200 <= r.status_code < 300:
                     with lock:
                         acknowledged.append(rid)
+                        if len(acknowledged) >= 200:
+                            under_load.set()
 
     server = ServerProcess(home).start()
     headers = server.auth
     try:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(client, i, server.url, headers) for i in range(16)]
-            time.sleep(3)
+            assert under_load.wait(120), f"only {len(acknowledged)} requests acknowledged"
             server.kill()  # SIGKILL to arbiter and worker, mid-load
             stop.set()
             for f in futures:

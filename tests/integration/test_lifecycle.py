@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import ServerProcess
 
@@ -33,13 +34,29 @@ def _infer_image(url: str, headers: dict[str, str]) -> int:
         return type(exc).__name__
 
 
+def _wait_for_inference_in_flight(server: ServerProcess, timeout: float = 60.0) -> None:
+    """Poll the server's in-flight gauge until an inference is being served.
+
+    The scrape itself is in flight while it is answered, so "an inference too" reads as >= 2.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{server.url}/metrics", timeout=5).text
+        (gauge,) = (f for f in text_string_to_metric_families(text)
+                    if f.name == "phiserve_requests_in_flight")  # fmt: skip
+        if gauge.samples[0].value >= 2:
+            return
+        time.sleep(0.02)  # poll interval
+    raise AssertionError(f"no request was ever in flight:\n{server.log()[-4000:]}")
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits(home: Path) -> None:
     server = ServerProcess(home).start()
     try:
         headers = server.auth
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(_infer_image, server.url, headers) for _ in range(16)]
-            time.sleep(0.5)  # the requests are in flight (each runs ~100 ms on a busy CPU)
+            _wait_for_inference_in_flight(server)
             server.terminate()
             statuses = [f.result() for f in futures]
         assert statuses == [200] * 16, str(statuses)
@@ -54,10 +71,10 @@ def test_readiness_drops_when_sigterm_arrives(home: Path) -> None:
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             busy = [pool.submit(_infer_image, server.url, server.auth) for _ in range(4)]
-            time.sleep(0.3)
+            _wait_for_inference_in_flight(server)
             server.terminate()
             # Lame duck: still answering for drain_delay_s, but no longer ready.
-            ready = httpx.get(f"{server.url}/v2/health/ready", timeout=5)
+            ready = server.wait_for_readiness(lambda r: r.status_code != 200, timeout=4)
             assert ready.status_code == 503
             assert ready.json() == {"ready": False, "reason": "draining"}
             live = httpx.get(f"{server.url}/v2/health/live", timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ from phiserve.config import Settings
 from phiserve.errors import ConfigurationError, Unauthorized
 from phiserve.security import errors as sec
 from phiserve.security.authorization import BREAK_GLASS_SCOPE
-from phiserve.security.jwks import FileKeySet, parse_jwks
+from phiserve.security.jwks import FileKeySet
 from phiserve.security.principal import Principal
 from phiserve.security.tokens import TokenVerifier
 from tests.security.helpers import AUDIENCE, CANARY, ISSUER, FakeClock, b64url, write_jwks
@@ -206,14 +207,14 @@ def test_random_kid_flood_refreshes_at_most_once_per_interval(
     verifier: TokenVerifier, keyset: FileKeySet, keyset_clock: FakeClock, make_token, monkeypatch
 ) -> None:
     loads = 0
-    real = keyset._load
+    real = keyset._read
 
     def counting() -> Any:
         nonlocal loads
         loads += 1
         return real()
 
-    monkeypatch.setattr(keyset, "_load", counting)
+    monkeypatch.setattr(keyset, "_read", counting)
     keyset_clock.advance(60)
     for i in range(500):
         with pytest.raises(sec.UnknownKeyId):
@@ -261,32 +262,82 @@ def test_failed_refresh_keeps_the_old_keys(
     assert verifier.verify(make_token()).subject == "alice"
 
 
-def test_jwks_parsing_skips_unsafe_keys(ec_key, rsa_key, caplog) -> None:
+def test_jwks_parsing_skips_unsafe_keys(tmp_path: Path, ec_key, rsa_key, caplog) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     private_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key))
     from phiserve.security.devkeys import public_jwk
 
-    doc = {
-        "keys": [
-            {"kty": "oct", "kid": "sym", "k": b64url(b"secret")},
-            {**private_jwk, "kid": "priv"},
-            {**public_jwk(weak), "kid": "weak"},
-            {**public_jwk(rsa_key), "kid": "enc", "use": "enc"},
-            {**public_jwk(rsa_key), "kid": "rs-as-es", "alg": "ES256"},
-            {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"},
-            "not-an-object",
-            {**public_jwk(ec_key)},
-        ]
+    path = tmp_path / "jwks.json"
+    unsafe = {
+        "sym": {"kty": "oct", "kid": "sym", "k": b64url(b"secret")},
+        "priv": {**private_jwk, "kid": "priv"},
+        "weak": {**public_jwk(weak), "kid": "weak"},
+        "enc": {**public_jwk(rsa_key), "kid": "enc", "use": "enc"},
+        "rs-as-es": {**public_jwk(rsa_key), "kid": "rs-as-es", "alg": "ES256"},
+        "ps": {**public_jwk(rsa_key), "kid": "ps", "alg": "PS256"},
+        "k1": {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"},
     }
-    keys = parse_jwks(doc, source="test")
-    assert list(keys) == [public_jwk(ec_key)["kid"]]
-    assert keys[public_jwk(ec_key)["kid"]].algorithms == {"ES256"}
+    good = public_jwk(ec_key)
+    write_jwks(path, *unsafe.values(), {**good, "kid": 7}, good, {**public_jwk(rsa_key), **good})
+    keys = FileKeySet(path)
+    keys.refresh(force=True)
+    assert len(keys) == 1
+    assert keys.get(good["kid"]).algorithms == {"ES256"}
+    assert not any(keys.get(kid) for kid in unsafe)
+    for reason in (
+        "symmetric keys are never accepted",
+        "holds private key material",
+        "RSA key shorter than 2048 bits",
+        "unsupported key type or algorithm",  # PS256: not an algorithm phiserve verifies
+        "kid is not a string",
+        "duplicate kid",
+    ):
+        assert reason in caplog.text
     assert "secret" not in caplog.text
 
 
-def test_jwks_without_keys_list_is_refused() -> None:
-    with pytest.raises(ValueError, match="keys"):
-        parse_jwks({"nokeys": []}, source="test")
+def test_a_key_verifies_only_its_own_algorithm(tmp_path: Path, rsa_key, make_token) -> None:
+    """A JWK's ``alg`` binds the key; without one, its type's family applies (RFC 7517)."""
+    from phiserve.security.devkeys import public_jwk
+
+    path = tmp_path / "jwks.json"
+    declared = {**public_jwk(rsa_key), "kid": "rs384", "alg": "RS384"}
+    undeclared = {k: v for k, v in public_jwk(rsa_key).items() if k != "alg"} | {"kid": "plain"}
+    write_jwks(path, declared, undeclared)
+    keys = FileKeySet(path)
+    keys.refresh(force=True)
+    verifier = TokenVerifier(
+        keys, issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "RS384", "ES256"]
+    )
+    assert verifier.verify(make_token(key=rsa_key, alg="RS384", kid="rs384")).subject == "alice"
+    for alg in ("RS256", "RS384"):
+        assert verifier.verify(make_token(key=rsa_key, alg=alg, kid="plain")).subject == "alice"
+    assert keys.get("plain").algorithms == {"RS256", "RS384", "RS512"}
+    with pytest.raises(sec.AlgorithmNotAllowed):
+        verifier.verify(make_token(key=rsa_key, alg="RS256", kid="rs384"))
+    # The family is the key type's: an RSA key never verifies an EC algorithm.
+    forged = jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256", headers={"kid": "plain"})
+    rest = forged.partition(".")[2]
+    es256 = base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"plain"}').rstrip(b"=").decode()
+    with pytest.raises(sec.AlgorithmNotAllowed):
+        verifier.verify(f"{es256}.{rest}")
+
+
+@pytest.mark.parametrize("document", [{"nokeys": []}, {"keys": []}, {"keys": {}}, ["keys"]])
+def test_jwks_without_a_keys_list_is_refused(tmp_path: Path, document: Any) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(jwt.exceptions.PyJWKSetError):
+        FileKeySet(path).refresh(force=True)
+
+
+def test_refresh_to_a_set_without_usable_keys_keeps_the_old_keys(
+    verifier: TokenVerifier, keyset_clock: FakeClock, jwks_file: Path, make_token
+) -> None:
+    jwks_file.write_text(json.dumps({"keys": [{"kty": "oct", "kid": "s", "k": b64url(b"x")}]}))
+    keyset_clock.advance(11)
+    assert verifier.keys.refresh() is False
+    assert verifier.verify(make_token()).subject == "alice"
 
 
 # --- the cache ---------------------------------------------------------------------------------

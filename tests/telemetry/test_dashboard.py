@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from phiserve.telemetry.metrics import Metrics
+from tests.monitoring.conftest import monitoring_sample_names
 
 DASHBOARD = Path(__file__).parents[2] / "platform/phiserve/telemetry/dashboards/phiserve.json"
 
@@ -21,7 +22,8 @@ def exposed_sample_names() -> set[str]:
     m.observe_batch("m", 1, 4, 0.002)
     m.model_loaded("m", 1, 2.0)
     text = m.render().decode()
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    return names | monitoring_sample_names()
 
 
 def panels() -> list[dict]:
@@ -41,7 +43,8 @@ def test_dashboard_is_well_formed() -> None:
     assert names == {"datasource", "job", "model", "version"}
     titles = " ".join(p["title"] for p in panels()).lower()
     for needed in ("request rate", "error rate", "p50", "p95", "p99", "queue wait", "batch size",
-                   "in flight", "model ready"):  # fmt: skip
+                   "in flight", "model ready", "drift", "missing", "deferral",
+                   "outcomes", "calibration"):  # fmt: skip
         assert needed in titles, needed
 
 

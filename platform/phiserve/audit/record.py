@@ -37,7 +37,7 @@ _METHOD_OK = re.compile(r"^[A-Z]{1,16}$")
 _HEX_OK = re.compile(r"^[0-9a-f]{1,128}$")
 _CLIENT_OK = re.compile(r"^[0-9A-Za-z.:%_\[\]-]{1,64}$")
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_ROUTE_OK = re.compile(r"^[A-Za-z0-9/{}_:. -]{1,128}$")
+_ROUTE_OK = re.compile(r"^[A-Za-z0-9/{}_:.$ -]{1,128}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ``details``: what a front end adds (a decision, feature names, pseudonyms, a client issuer).
 # Flat, bounded, and limited to code-like text: no sentence, name or date fits the pattern.

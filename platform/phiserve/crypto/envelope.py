@@ -12,11 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from phiserve.crypto.base import KeyProvider, WrappedKey
-from phiserve.crypto.memory import fill_new_bytes
 from phiserve.errors import IntegrityError
 
 ALGORITHM = "AES-256-GCM"
@@ -86,30 +84,20 @@ def open_with_key(
 ) -> bytes:
     """Decrypt and authenticate; a wrong key, wrong AAD or any flipped bit raises.
 
-    Same AES-256-GCM as :func:`seal_with_key` (ciphertext then 16-byte tag), opened with the
-    streaming decryptor so the plaintext lands directly in its final ``bytes`` object
-    (:func:`~phiserve.crypto.memory.fill_new_bytes`); it is returned only once the tag verifies.
+    ``ciphertext`` (ciphertext then 16-byte tag, as :func:`seal_with_key` writes it) may be any
+    bytes-like object: the model loader passes an ``mmap`` of the file, which ``AESGCM.decrypt``
+    reads in place. The plaintext exists only once the tag verifies.
     """
-    with memoryview(ciphertext) as whole:
-        if len(whole) < _TAG_BYTES:
-            raise IntegrityError("ciphertext is shorter than its authentication tag")
-        body, tag = whole[:-_TAG_BYTES], bytes(whole[-_TAG_BYTES:])
-
-        def decrypt_into(out: memoryview) -> None:
-            decryptor = Cipher(algorithms.AES(data_key), modes.GCM(header.nonce, tag)).decryptor()
-            decryptor.authenticate_additional_data(aad)
-            if len(body):
-                decryptor.update_into(body, out)
-            decryptor.finalize()
-
-        try:
-            return fill_new_bytes(len(body), decrypt_into)
-        except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
-            raise IntegrityError(
-                "ciphertext failed authentication (tampered, swapped or wrong key)"
-            ) from None
-        finally:
-            body.release()
+    with memoryview(ciphertext) as view:
+        size = view.nbytes
+    if size < _TAG_BYTES:
+        raise IntegrityError("ciphertext is shorter than its authentication tag")
+    try:
+        return AESGCM(data_key).decrypt(header.nonce, ciphertext, aad)
+    except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
+        raise IntegrityError(
+            "ciphertext failed authentication (tampered, swapped or wrong key)"
+        ) from None
 
 
 def derive_key(data_key: bytes, purpose: str) -> bytes:

@@ -37,6 +37,7 @@ class RouteKind(StrEnum):
     METADATA = "metadata"  # server and model metadata, model readiness
     INFER = "infer"
     CDS = "cds"  # CDS Hooks discovery, service calls and feedback (phiserve.cds)
+    OUTCOME = "outcome"  # ground-truth labels for issued predictions (model monitoring)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,11 @@
 
 ``infer:<model>`` or ``infer:*`` runs inference on a model; ``metadata:read`` or any infer scope
 that covers the model reads its metadata and readiness; server metadata (``GET /v2``) needs
-``metadata:read`` or any infer scope. CDS Hooks routes need ``cds:<model>`` or ``cds:*`` (the
-CDS client authenticator grants them from the client's configuration); discovery needs any CDS
-scope. The break-glass scope (emergency access, HIPAA
+``metadata:read`` or any infer scope. ``outcome:write`` posts ground-truth labels for issued
+predictions (model monitoring): a separate grant, so a client that infers cannot grade itself.
+CDS Hooks routes need ``cds:<model>`` or ``cds:*`` (the CDS client authenticator grants them from
+the client's configuration); discovery needs any CDS scope. The break-glass scope (emergency
+access, HIPAA
 164.312(a)(2)(ii)) opens everything, and every request made with it is flagged in the audit trail.
 """
 
@@ -23,6 +25,7 @@ INFER_PREFIX: Final = "infer:"
 INFER_ANY: Final = "infer:*"
 CDS_PREFIX: Final = "cds:"
 CDS_ANY: Final = "cds:*"
+OUTCOME_SCOPE: Final = "outcome:write"
 # Model names echoed in a 403 (body and challenge header) only when they look like model names:
 # the path is client input and must not carry arbitrary text (or CR/LF) into a header.
 _SAFE_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -47,6 +50,8 @@ def is_allowed(principal: Principal, route: Route | None) -> bool:
         return INFER_ANY in scopes or (
             route.model is not None and infer_scope(route.model) in scopes
         )
+    if route.kind is RouteKind.OUTCOME:
+        return OUTCOME_SCOPE in scopes
     if route.kind is RouteKind.METADATA:
         if METADATA_SCOPE in scopes or INFER_ANY in scopes:
             return True
@@ -77,6 +82,8 @@ def authorize(principal: Principal, route: Route | None) -> None:
             needed = infer_scope(model)
             raise InsufficientScope(f"scope {needed} required", scope=needed)
         raise InsufficientScope("scope infer:<model> required")
+    if route.kind is RouteKind.OUTCOME:
+        raise InsufficientScope(f"scope {OUTCOME_SCOPE} required", scope=OUTCOME_SCOPE)
     if route.model is not None and _SAFE_MODEL.match(route.model):
         needed = infer_scope(route.model)
         raise InsufficientScope(

@@ -134,12 +134,14 @@ class TokenVerifier:
                     f"JWKS file {settings.jwks_path} not found; run 'phiserve token init' "
                     "or set PHISERVE_JWKS_FILE / PHISERVE_JWKS_URL"
                 ) from None
+            except jwt_errors.PyJWKSetError:
+                raise ConfigurationError(
+                    f"JWKS file {settings.jwks_path} holds no signing key"
+                ) from None
             except Exception as exc:
                 raise ConfigurationError(
                     f"JWKS file {settings.jwks_path} is unusable: {type(exc).__name__}"
                 ) from None
-            if not len(keys):
-                raise ConfigurationError(f"JWKS file {settings.jwks_path} holds no signing key")
         return cls(
             keys,
             issuer=settings.oidc_issuer,
@@ -208,7 +210,7 @@ class TokenVerifier:
         try:
             claims = self._jwt.decode(
                 token,
-                key.key,
+                key.jwk.key,
                 algorithms=[alg],
                 issuer=self.issuer,
                 audience=self.audience,

@@ -1,7 +1,6 @@
-"""Micro-benchmark (not a test): audit appends/s with concurrent appenders, group commit vs
-one fsync per record.
+"""Audit appends/s with concurrent appenders: group commit vs one fsync per record.
 
-    .venv/bin/python -m tests.audit.bench_group_commit [--dir DIR] [--concurrency 64] [--seconds 3]
+    .venv/bin/python -m benchmarks.audit_group_commit [--dir DIR] [--concurrency 64] [--seconds 3]
 
 ``--dir`` should be on the disk the server's audit folder will use: fsync cost is the point.
 """

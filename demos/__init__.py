@@ -1,0 +1,1 @@
+"""Demonstrations a person runs with make (not shipped in the package)."""
