@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import jwt
 from jwt import exceptions as jwt_errors
+from jwt.exceptions import PyJWKSetError
 from starlette.types import Scope
 
 from phiserve.config import CdsClient, Settings
@@ -133,15 +134,15 @@ def trusted_client(entry: CdsClient) -> TrustedClient:
         keys = FileKeySet(entry.jwks_file)
         try:
             keys.refresh(force=True)
+        except PyJWKSetError:
+            raise ConfigurationError(
+                f"CDS client {entry.iss!r}: JWKS file {entry.jwks_file} holds no signing key"
+            ) from None
         except Exception as exc:
             raise ConfigurationError(
                 f"CDS client {entry.iss!r}: JWKS file {entry.jwks_file} is unusable "
                 f"({type(exc).__name__})"
             ) from None
-        if not len(keys):
-            raise ConfigurationError(
-                f"CDS client {entry.iss!r}: JWKS file {entry.jwks_file} holds no signing key"
-            )
     jku_keys = {url: _url_keys(entry, url) for url in entry.jku}
     services = entry.services
     scopes = frozenset({CDS_ANY} if services is None else map(cds_scope, services))
@@ -211,7 +212,7 @@ class CdsClientAuthenticator:
         try:
             claims = self._jwt.decode(
                 token,
-                key.key,
+                key.jwk.key,
                 algorithms=[alg],
                 audience=self.audience(scope),
                 issuer=client.iss,
