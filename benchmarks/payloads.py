@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from phiserve_load.cds import CallBody
+
 BREAST_CANCER = "breast-cancer"
 CHEST_XRAY = "chest-xray"
+DETERIORATION = "deterioration"
 
 
 @dataclass(frozen=True)
@@ -94,4 +97,16 @@ def chest_xray_binary(seed: int = 11, image: np.ndarray | None = None) -> Payloa
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(len(head)),
         },
+    )
+
+
+def cds_patient_view(n_observations: int) -> Payload:
+    """A CDS Hooks patient-view call to the deterioration service, its prefetch holding
+    ``n_observations`` SYNTHETIC Observations (the locust CDS user's body; the client JWT is
+    signed per call by the load generator)."""
+    return Payload(
+        DETERIORATION,
+        f"/cds-services/{DETERIORATION}",
+        CallBody(n_observations).next(),
+        {"Content-Type": "application/json"},
     )

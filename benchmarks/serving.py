@@ -16,14 +16,21 @@ One run prepares a phiserve home (dev keys, example models), starts side by side
 and drives each in turn, one at a time, with the same locust load (:mod:`benchmarks.loadgen`): a
 closed loop of 32 users and an open loop at a fixed arrival rate. Every measured run is repeated
 (the servers in a rotating order, so drift spreads over all of them) and the table quotes
-medians. Then chest-xray with dynamic batching on and off shows what batching buys.
+medians. Then chest-xray with dynamic batching on and off shows what batching buys, and the
+``cds`` group measures a CDS Hooks ``patient-view`` call (the deterioration model, a prefetch of
+100 SYNTHETIC Observations, a fresh ES384 client JWT per call, cards back) with BENCH_CDS_USERS
+(16) closed-loop users against the shipped server trusting the bench's EHR key: p50/p95/p99
+(goal: p99 < 50 ms) and the FHIR parsing share, i.e. what fhir.resources validation and the
+feature mapping cost per call against
+the server's CPU per call (both CPU time of the server process, from the same runs: the
+server counts the CPU seconds its CDS calls spend in fhir.resources and in the mapping).
 
 Knobs (environment): BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_REPEATS (3), BENCH_USERS (32),
 BENCH_RATE (600 req/s, open loop), BENCH_MAX_OUTSTANDING (256), BENCH_XRAY_USERS (16),
-BENCH_XRAY_SECONDS (BENCH_SECONDS), BENCH_XRAY_REPEATS (2), BENCH_ONLY (comma list of
-phiserve, features, monitoring, tracing, bentoml, mlserver, mlserver-nolog, floor, open, xray;
-default all), BENCH_HOME (reuse a prepared phiserve home instead of building the example models),
-BENCH_OUT (reports/bench),
+BENCH_XRAY_SECONDS (BENCH_SECONDS), BENCH_XRAY_REPEATS (2), BENCH_CDS_USERS (16), BENCH_ONLY
+(comma list of phiserve, features, monitoring, tracing, bentoml, mlserver, mlserver-nolog, floor,
+open, xray, cds; default all), BENCH_HOME (reuse a prepared phiserve home instead of building the
+example models), BENCH_OUT (reports/bench),
 BENCH_INSTALL_MLSERVER (1: create .venv-mlserver with tools/bench-venvs.sh when it is missing).
 
 This machine is shared (other sessions run test suites on the same two cores), so before each
@@ -38,6 +45,7 @@ server's process tree per answered request) is the figure least disturbed by suc
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -52,9 +60,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.machine import busy_cores, cpu_seconds, process_tree, wait_for_quiet
-from benchmarks.payloads import BREAST_CANCER, Payload, breast_cancer_json, chest_xray_binary
+from benchmarks.payloads import (
+    BREAST_CANCER,
+    Payload,
+    breast_cancer_json,
+    cds_patient_view,
+    chest_xray_binary,
+)
 from benchmarks.servers import (
     REPO,
     BenchServer,
@@ -78,8 +95,11 @@ from benchmarks.stats import (
 
 GROUPS = (
     "phiserve", "features", "monitoring", "tracing", "bentoml", "mlserver", "mlserver-nolog",
-    "floor", "open", "xray",
+    "floor", "open", "xray", "cds",
 )  # fmt: skip
+# CDS Hooks: Observations in each call's prefetch, and the bench EHR that signs the calls.
+CDS_OBSERVATIONS = 100
+CDS_ISS = "https://bench-ehr.invalid/"
 # phiserve's stack under plain uvicorn (benchmarks.bare_stack): the "bentoml" group's baseline.
 BARE_STACK = [sys.executable, "-m", "benchmarks.bare_stack"]
 
@@ -97,6 +117,7 @@ class BenchConfig:
     xray_users: int = 16
     xray_seconds: float = 8.0
     xray_repeats: int = 2
+    cds_users: int = 16
     only: frozenset[str] = frozenset(GROUPS)
     quiet_wait: float = 4.0
     quiet_level: float = 0.3
@@ -127,6 +148,7 @@ class BenchConfig:
             xray_users=int(env.get("BENCH_XRAY_USERS", cls.xray_users)),
             xray_seconds=float(env.get("BENCH_XRAY_SECONDS", seconds)),
             xray_repeats=max(1, int(env.get("BENCH_XRAY_REPEATS", cls.xray_repeats))),
+            cds_users=int(env.get("BENCH_CDS_USERS", cls.cds_users)),
             only=only,
             quiet_wait=float(env.get("BENCH_QUIET_WAIT", cls.quiet_wait)),
             quiet_level=float(env.get("BENCH_QUIET_LEVEL", cls.quiet_level)),
@@ -188,9 +210,12 @@ def _otel(ratio: str, sink_url: str) -> dict[str, str]:
     }
 
 
-def phiserve_variants(sink_url: str) -> dict[str, tuple[str, dict[str, str], bool]]:
+def phiserve_variants(
+    sink_url: str, cds_env: dict[str, str] | None = None
+) -> dict[str, tuple[str, dict[str, str], bool]]:
     """The phiserve configurations the scenarios may ask for."""
     return {
+        "cds": ("phiserve CDS Hooks", cds_env or {}, True),
         "shipped": ("phiserve (as shipped)", {}, True),
         "off": ("phiserve (auth+audit off)", dict(_OFF), False),
         "nomon": ("phiserve (monitoring off)", {"PHISERVE_MONITORING_ENABLED": "false"}, True),
@@ -202,6 +227,21 @@ def phiserve_variants(sink_url: str) -> dict[str, tuple[str, dict[str, str], boo
             False,
         ),
     }
+
+
+@functools.cache
+def cds_private_jwk() -> dict[str, Any]:
+    """The bench EHR's ES384 signing key (one per run), as a private JWK."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    return {**json.loads(ECAlgorithm.to_jwk(key)), "kid": "bench-ehr", "alg": "ES384"}
+
+
+def cds_env(tmp: Path) -> dict[str, str]:
+    """``PHISERVE_CDS_CLIENTS`` trusting the bench EHR (its public key in a JWKS file)."""
+    public = {k: v for k, v in cds_private_jwk().items() if k != "d"}
+    jwks = tmp / "cds-ehr-jwks.json"
+    jwks.write_text(json.dumps({"keys": [public]}))
+    return {"PHISERVE_CDS_CLIENTS": json.dumps([{"iss": CDS_ISS, "jwks_file": str(jwks)}])}
 
 
 def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
@@ -261,6 +301,20 @@ def build_scenarios(cfg: BenchConfig, mlserver: bool) -> list[Scenario]:
                         cfg.repeats,
                     )
                 )
+    if "cds" in cfg.only:
+        out.append(
+            Scenario(
+                "cds/closed",
+                "cds",
+                "CDS patient-view, 100 obs",
+                "closed",
+                cds_patient_view(CDS_OBSERVATIONS),
+                cfg.cds_users,
+                0,
+                cfg.seconds,
+                cfg.repeats,
+            )
+        )
     if "xray" in cfg.only:
         xs, xn = cfg.xray_seconds, cfg.xray_repeats
         out += [
@@ -357,6 +411,8 @@ def run_load(
         "seconds": scenario.seconds,
         "token": server.token,
         "server_pids": [server.pid],
+        # CDS Hooks: the load generator signs a client JWT per call instead of a bearer token.
+        "cds": {"jwk": cds_private_jwk(), "iss": CDS_ISS} if scenario.server == "cds" else None,
     }
     conf_path = workdir / f"load-{tag}.json"
     out_path = workdir / f"result-{tag}.json"
@@ -449,9 +505,10 @@ def _ratio(a: float, b: float) -> float:
 
 
 def compute_ratios(
-    outcomes: dict[str, Outcome], cfg: BenchConfig
+    outcomes: dict[str, Outcome], cfg: BenchConfig, fhir: dict[str, Any] | None = None
 ) -> list[tuple[str, float, str, str]]:
-    """(name, value, goal, verdict) for every ratio whose runs exist."""
+    """(name, value, goal, verdict) for every ratio whose runs exist; ``fhir``: what reading
+    FHIR cost the CDS server per call (:func:`cds_fhir_cpu`)."""
 
     def m(key: str) -> RunStats | None:
         return outcomes[key].median if key in outcomes else None
@@ -503,6 +560,18 @@ def compute_ratios(
             for figure, attr in TRACING_FIGURES:
                 value = _ratio(getattr(traced, attr), getattr(ship, attr))
                 add(f"tracing {ratio}/off {figure}", value, "(info)", None)
+    cds = m("cds/closed")
+    if cds:
+        add(f"CDS call p99 ms, closed {cfg.cds_users}u", cds.p99_ms, "< 50", cds.p99_ms < 50)
+        add("CDS call errors (goal: none)", cds.error_rate, "0", cds.error_rate == 0)
+    if cds and fhir:
+        cpu, parse = cds.server_cpu_ms_per_req, fhir["parse_ms"]
+        mapping = fhir["parse_ms"] + fhir["extract_ms"]
+        add("CDS: server CPU ms per call", cpu, "(info)", None)
+        add("CDS: fhir.resources parse CPU ms per call", parse, "(info)", None)
+        add("CDS: feature mapping CPU ms per call", fhir["extract_ms"], "(info)", None)
+        add("CDS: FHIR parsing share of server CPU", _ratio(parse, cpu), "(info)", None)
+        add("CDS: parse + mapping share of server CPU", _ratio(mapping, cpu), "(info)", None)
     xb, xu = m("xray/batched"), m("xray/unbatched")
     if xb and xu:
         r = _ratio(xb.throughput, xu.throughput)
@@ -546,6 +615,25 @@ def tracing_rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
     return rows
 
 
+def cds_fhir_cpu(server: BenchServer) -> dict[str, float]:
+    """CPU ms per CDS call the server spent in fhir.resources parsing and in the feature
+    mapping, over every call it answered (its /metrics: phiserve.cds.metrics)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    totals: dict[str, float] = {"calls": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "phiserve_cds_fhir_cpu_seconds_total":
+                totals[sample.labels["stage"]] = sample.value
+            elif sample.name == "phiserve_cds_cards_total":
+                totals["calls"] += sample.value
+    calls = totals["calls"] or float("nan")
+    return {
+        "calls": totals["calls"],
+        "parse_ms": 1000.0 * totals.get("parse", float("nan")) / calls,
+        "extract_ms": 1000.0 * totals.get("extract", float("nan")) / calls,
+    }
+
+
 def prepare_home_for(cfg: BenchConfig, base_home: Path) -> None:
     """A phiserve home with dev keys and the example models (or a copy of BENCH_HOME)."""
     if cfg.home:
@@ -570,7 +658,9 @@ def start_servers(
 
     ``servers`` is filled as they start, so the caller can stop them whatever happens.
     """
-    variants = phiserve_variants(sink.url if sink else "http://127.0.0.1:9")
+    variants = phiserve_variants(
+        sink.url if sink else "http://127.0.0.1:9", cds_env(tmp) if "cds" in needed else None
+    )
     print(f"starting servers: {', '.join(sorted(needed))} ...", flush=True)
     for key in sorted(needed):
         if key in variants:
@@ -733,6 +823,7 @@ def main() -> int:
             print(f"all servers ready after {time.time() - started:.0f} s", flush=True)
             notes += check_servers(servers)
             outcomes, retried = run_scenarios(scenarios, servers, cfg, tmp)
+            fhir = cds_fhir_cpu(servers["cds"]) if "cds" in servers else None
             notes.append(
                 f"runs repeated because other processes used > {cfg.max_other:g} cores: {retried}"
             )
@@ -765,7 +856,9 @@ def main() -> int:
             if model_file is not None:
                 model_file.unlink(missing_ok=True)
 
-    report = build_report(cfg, outcomes, servers, ml_version, notes, time.time() - started)
+    report = build_report(
+        cfg, outcomes, servers, ml_version, notes, time.time() - started, fhir=fhir
+    )
     print()
     print(report["text"])
     write_report(cfg, report)
@@ -815,7 +908,21 @@ def describe_servers(
         f"{cfg.repeats} repeats in rotating order; percentiles from exact per-request samples "
         "(successful requests)"
     )
+    if "cds" in servers:
+        lines.append(
+            f"cds: {cfg.cds_users} closed-loop users, POST /cds-services/deterioration with a "
+            f"prefetch of {CDS_OBSERVATIONS} SYNTHETIC Observations (phiserve_load.cds), a fresh "
+            "ES384 client JWT per call (signed before the run), against the shipped server "
+            "trusting the bench EHR (PHISERVE_CDS_CLIENTS); FHIR parsing CPU from the server's "
+            "phiserve_cds_fhir_cpu_seconds_total over all its calls"
+        )
     return lines
+
+
+CDS_TITLE = (
+    "CDS Hooks patient-view (deterioration), prefetch of 100 Observations, ES384 client JWT per "
+    "call (medians)"
+)
 
 
 def build_report(
@@ -825,19 +932,25 @@ def build_report(
     ml_version: str | None,
     notes: list[str],
     elapsed: float,
+    *,
+    fhir: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The printed text, the markdown and the JSON document of one benchmark run."""
-    main_rows = [
-        (o.scenario.label, o.scenario.mode_label, o.median)
-        for o in outcomes.values()
-        if not o.scenario.key.startswith("xray/")
-    ]
-    xray_rows = [
-        (o.scenario.label, o.scenario.mode_label, o.median)
-        for o in outcomes.values()
-        if o.scenario.key.startswith("xray/")
-    ]
-    ratios = compute_ratios(outcomes, cfg)
+
+    def rows(group: str | None) -> list[tuple[str, str, RunStats]]:
+        # The breast-cancer scenarios are the main table; xray/ and cds/ have tables of their own.
+        def of(key: str) -> str | None:
+            prefix = key.split("/")[0]
+            return prefix if prefix in ("xray", "cds") else None
+
+        return [
+            (o.scenario.label, o.scenario.mode_label, o.median)
+            for o in outcomes.values()
+            if of(o.scenario.key) == group
+        ]
+
+    main_rows, xray_rows, cds_rows = rows(None), rows("xray"), rows("cds")
+    ratios = compute_ratios(outcomes, cfg, fhir)
     traced = tracing_rows(outcomes)
     ratio_lines = [
         f"  {name:<48} {value:6.2f}   goal {goal:<11} {verdict}"
@@ -854,6 +967,9 @@ def build_report(
     if xray_rows:
         text += ["", "chest-xray, 1x1x224x224 FP32 per request, binary tensor extension", ""]
         text.append(render_text(HEADERS, table_rows(xray_rows)))
+    if cds_rows:
+        text += ["", CDS_TITLE, ""]
+        text.append(render_text(HEADERS, table_rows(cds_rows)))
     if traced:
         text += ["", "tracing cost (parentbased_traceidratio, OTLP/HTTP to a local sink)", ""]
         text.append(render_text(TRACING_HEADERS, traced))
@@ -867,6 +983,15 @@ def build_report(
     md += ["## breast-cancer (medians)", "", render_markdown(HEADERS, table_rows(main_rows))]
     if xray_rows:
         md += ["", "## chest-xray", "", render_markdown(HEADERS, table_rows(xray_rows))]
+    if cds_rows:
+        md += [
+            "",
+            "## CDS Hooks",
+            "",
+            CDS_TITLE,
+            "",
+            render_markdown(HEADERS, table_rows(cds_rows)),
+        ]
     if traced:
         md += ["", "## Tracing cost", "", render_markdown(TRACING_HEADERS, traced)]
     md += ["", "## Ratios", "", "| ratio | value | goal | verdict |", "| --- | ---: | --- | --- |"]
@@ -898,6 +1023,7 @@ def build_report(
             for n, v, g, verdict in ratios
         ],
         "notes": notes,
+        "fhir_parse": fhir,
         "setup": setup,
         "elapsed_s": elapsed,
     }

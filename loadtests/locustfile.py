@@ -7,7 +7,8 @@ pods put them on ``PYTHONPATH``. ``make loadtest`` and ``make demo`` wrap this; 
 """
 
 from phiserve_load import hooks
+from phiserve_load.cds_user import CdsHooksUser
 from phiserve_load.shapes import PhiserveShape
 from phiserve_load.users import ClosedLoopUser, OpenLoopUser
 
-__all__ = ["ClosedLoopUser", "OpenLoopUser", "PhiserveShape", "hooks"]
+__all__ = ["CdsHooksUser", "ClosedLoopUser", "OpenLoopUser", "PhiserveShape", "hooks"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cds.clients import spec_ehr
 from tests.server import ServerProcess, prepare_home
 
 pytest_plugins = ["tests.toy_repository"]
@@ -35,7 +37,10 @@ def server(built_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """One real server for the read-only integration tests (auth and audit on)."""
     home = tmp_path_factory.mktemp("server-home")
     shutil.copytree(built_home, home, dirs_exist_ok=True)
-    with ServerProcess(home) as proc:
+    # One trusted CDS Hooks client (the spec's example key), so CDS routes can be walked too.
+    ehr = spec_ehr()
+    clients = [ehr.client_entry(ehr.write_jwks(home / "cds-client-jwks.json"))]
+    with ServerProcess(home, PHISERVE_CDS_CLIENTS=json.dumps(clients)) as proc:
         yield proc
 
 

@@ -19,10 +19,12 @@ openloop*   the open-loop dispatcher: each arrival on time, at most N in flight,
 samples     exact per-request samples, percentiles and summaries
 slo         thresholds per model (CLI or YAML/JSON file) and the gate
 promtext    the Prometheus text format and histogram deltas of the server's /metrics
+cds         CDS Hooks calls: a SYNTHETIC prefetch, the call body, client JWTs (PyJWT, [cds] extra)
 report      summary.json, report.md, table.txt; charts (matplotlib) draws the PNGs
 session*    one process's options, token, signatures and payloads
 shapes*     closed loop, open loop (fixed arrival rate), step ramp
 users*      the locust users: closed-loop clients and the open-loop dispatcher
+cds_user*   the CDS Hooks user (``--cds-service``) and its preflight
 hooks*      the locust event listeners that tie the above together
 """
 

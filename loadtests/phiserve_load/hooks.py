@@ -27,8 +27,8 @@ import locust
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
+from phiserve_load import cds_user, promtext, report, session, slo
 from phiserve_load import options as options_mod
-from phiserve_load import promtext, report, session, slo
 from phiserve_load.discovery import Client, PreflightError
 from phiserve_load.mix import MixError
 from phiserve_load.samples import Sample, SampleWriter
@@ -141,7 +141,11 @@ def on_init(environment: Any, runner: Any = None, **_: Any) -> None:
             parsed.run_time = None
         opts = options_mod.from_parsed(parsed, environment.host)
         STATE.slo = slo.build(opts.slo, opts.slo_file)
-        session.ensure(environment, build_payloads=isinstance(runner, LocalRunner), preflight=True)
+        if opts.cds_service:
+            cds_user.ensure(environment, preflight=True)
+        else:
+            local = isinstance(runner, LocalRunner)
+            session.ensure(environment, build_payloads=local, preflight=True)
     except (
         PreflightError,
         options_mod.OptionsError,

@@ -192,6 +192,34 @@ def add_arguments(parser: Any) -> None:
         help="do not verify the server's TLS certificate",
     )
 
+    c = parser.add_argument_group("phiserve CDS Hooks (instead of V2 inference)")
+    c.add_argument(
+        "--cds-service",
+        default="",
+        env_var="LOCUST_CDS_SERVICE",
+        help="call this CDS Hooks service (patient-view, signed client JWTs, a realistic "
+        "prefetch) instead of V2 inference; closed loop or a users ramp",
+    )
+    c.add_argument(
+        "--cds-key-file",
+        default="",
+        env_var="LOCUST_CDS_KEY_FILE",
+        help="the EHR's private signing key, a JWK with kid and alg (e.g. ES384)",
+    )
+    c.add_argument(
+        "--cds-iss",
+        default="",
+        env_var="LOCUST_CDS_ISS",
+        help="the EHR's issuer, as the server's PHISERVE_CDS_CLIENTS lists it",
+    )
+    c.add_argument(
+        "--cds-observations",
+        type=int,
+        default=100,
+        env_var="LOCUST_CDS_OBSERVATIONS",
+        help="Observations in each call's prefetch (default 100)",
+    )
+
     s = parser.add_argument_group("phiserve SLO gate and report")
     s.add_argument(
         "--slo",
@@ -276,6 +304,10 @@ class LoadOptions:
     metrics_url: str = ""
     scrape_interval: float = 5.0
     no_charts: bool = False
+    cds_service: str = ""
+    cds_key_file: str = ""
+    cds_iss: str = ""
+    cds_observations: int = 100
 
     @property
     def is_open(self) -> bool:
@@ -356,6 +388,10 @@ def from_parsed(parsed: Any, host: str | None = None) -> LoadOptions:
         metrics_url=str(get("metrics_url", "")),
         scrape_interval=float(get("scrape_interval", 5.0)),
         no_charts=bool(get("no_charts", False)),
+        cds_service=str(get("cds_service", "")),
+        cds_key_file=str(get("cds_key_file", "")),
+        cds_iss=str(get("cds_iss", "")),
+        cds_observations=int(get("cds_observations", 100)),
     )
     _validate(opts)
     return opts
@@ -376,6 +412,8 @@ def _validate(o: LoadOptions) -> None:
         (o.request_timeout > 0, "--request-timeout: must be positive"),
         (o.max_requests >= 0, "--max-requests: 0 or more"),
         (o.scrape_interval > 0, "--scrape-interval: must be positive"),
+        (o.cds_observations >= 1, "--cds-observations: at least 1"),
+        (not (o.cds_service and o.is_open), "--cds-service: closed loop or a users ramp only"),
     ]
     for ok, message in checks:
         if not ok:

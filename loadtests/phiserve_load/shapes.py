@@ -22,6 +22,7 @@ from locust import LoadTestShape
 from locust.runners import MasterRunner
 
 from phiserve_load import options as options_mod
+from phiserve_load.cds_user import CdsHooksUser
 from phiserve_load.users import ClosedLoopUser, OpenLoopUser
 
 # Seconds a master waits after stopping the workers' users: their stats (and samples) are
@@ -73,8 +74,9 @@ class PhiserveShape(LoadTestShape):
         if opts.is_open:
             # Dispatchers start together; the rate ramp (if any) is in their schedule.
             return opts.dispatchers, float(opts.dispatchers), [OpenLoopUser]
+        closed = CdsHooksUser if opts.cds_service else ClosedLoopUser
         if opts.load_shape == "ramp":
             users = max(1, round(opts.ramp_value(opts.step_of(t))))
             # Reach each step's users within a second so the step measures what it says.
-            return users, float(max(users, 1)), [ClosedLoopUser]
-        return opts.users, opts.spawn_rate, [ClosedLoopUser]
+            return users, float(max(users, 1)), [closed]
+        return opts.users, opts.spawn_rate, [closed]

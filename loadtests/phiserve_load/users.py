@@ -51,7 +51,7 @@ class ServerError(Exception):
     """A non-200 answer: status and the server's error message."""
 
 
-def _error_message(status: int, body: bytes | None) -> str:
+def error_message(status: int, body: bytes | None) -> str:
     detail = ""
     if body:
         try:
@@ -60,6 +60,16 @@ def _error_message(status: int, body: bytes | None) -> str:
         except ValueError:
             detail = body[:120].decode(errors="replace")
     return f"HTTP {status}: {detail[:160]}" if detail else f"HTTP {status}"
+
+
+def check_answer(resp: Any, ctx: dict[str, Any]) -> int:
+    """Note the send-to-answer time in ``ctx``; fail a non-200 answer. Returns the status."""
+    ctx["service_ms"] = resp.request_meta["response_time"]
+    status = resp.status_code or 0
+    # Status 0: no answer; locust already holds the connection error as the cause.
+    if status not in (0, 200):
+        resp.failure(ServerError(error_message(status, resp.content)))
+    return status
 
 
 _USER_INDEX = itertools.count()
@@ -124,11 +134,7 @@ class PhiserveUser(FastHttpUser):
                 catch_response=True,
                 context={CONTEXT_KEY: ctx},
             ) as resp:
-                ctx["service_ms"] = resp.request_meta["response_time"]
-                status = resp.status_code or 0
-                # Status 0: no answer; locust already holds the connection error as the cause.
-                if status not in (0, 200):
-                    resp.failure(ServerError(_error_message(status, resp.content)))
+                check_answer(resp, ctx)
                 if intended is not None:
                     resp.request_meta["response_time"] = (time.perf_counter() - intended) * 1000.0
         except GreenletExit:

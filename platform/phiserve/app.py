@@ -4,7 +4,8 @@ passes through. Wiring only; each piece lives in the folder named for its concer
 Outermost first: request context (route matched once) -> telemetry (server span, metrics) ->
 audit (one durable record per request, allowed or refused) -> FHIR routes' errors as
 OperationOutcome -> authentication and authorization -> the router, which dispatches to the V2
-handlers, the FHIR and DICOM routes and /metrics. All layers are plain ASGI callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
+handlers, the FHIR and DICOM routes, the CDS Hooks services and /metrics. All layers are plain
+ASGI callables (no Starlette base-middleware class, which breaks streaming), and only the handlers
 read the body.
 """
 
@@ -21,6 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from phiserve import telemetry
 from phiserve.audit import AuditMiddleware, AuditWriter
 from phiserve.audit.pseudonym import pseudonym
+from phiserve.cds import ROUTES as CDS_ROUTES
+from phiserve.cds import CdsHandlers
 from phiserve.config import Settings
 from phiserve.context import ContextMiddleware
 from phiserve.crypto import key_provider_from_settings
@@ -45,6 +48,7 @@ from phiserve.repository.store import ModelRepository
 from phiserve.runtime import runtimes
 from phiserve.runtime.gc_tuning import tune_gc
 from phiserve.security import Authenticator, AuthMiddleware, BearerAuthenticator, TokenVerifier
+from phiserve.security.cds_client import CDS_CLIENT, CdsClientAuthenticator
 
 METRICS_ROUTE = RouteSpec("metrics", "GET", "/metrics", RouteKind.METRICS, OPEN)
 
@@ -62,6 +66,7 @@ class Platform:
     routes: RouteTable
     app: ASGIApp
     audit: AuditWriter | None
+    cds: CdsHandlers
     monitor: Monitor | None = None
     dicom: DicomHandlers | None = None
 
@@ -81,6 +86,7 @@ class Platform:
     async def stop(self) -> None:
         """Drain: finish queued work, seal the audit segment, flush telemetry."""
         await self.dataplane.stop()
+        await self.cds.aclose()
         if self.monitor:
             await asyncio.to_thread(self.monitor.stop)
         if self.dicom:
@@ -117,7 +123,7 @@ def build_platform(settings: Settings) -> Platform:
     dataplane = DataPlane(registry, request_timeout_s=settings.request_timeout_s)
     if monitor:
         monitor.health_checks = dataplane.health_checks
-    specs = [*V2_ROUTES, *FHIR_ROUTES, *DICOM_ROUTES, METRICS_ROUTE]
+    specs = [*V2_ROUTES, *FHIR_ROUTES, *DICOM_ROUTES, *CDS_ROUTES, METRICS_ROUTE]
     v2 = V2Handlers(dataplane, settings.max_request_bytes)
     fhir = FhirHandlers(
         dataplane,
@@ -127,6 +133,7 @@ def build_platform(settings: Settings) -> Platform:
         future_skew=timedelta(seconds=settings.fhir_future_skew_s),
     )
     dicom = DicomHandlers(dataplane, DicomLimits.from_settings(settings), pseudonymize)
+    cds = CdsHandlers(dataplane, pseudonymize, settings)
     metrics = telemetry.metrics_app if settings.metrics_enabled else _no_metrics
     if settings.metrics_enabled:
         DEFERRALS.register(telemetry.METRICS.registry)
@@ -134,6 +141,7 @@ def build_platform(settings: Settings) -> Platform:
         **v2.handlers(),
         **fhir.handlers(),
         **dicom.handlers(),
+        **cds.handlers(),
         METRICS_ROUTE.name: metrics,
     }
     if monitor:
@@ -143,7 +151,8 @@ def build_platform(settings: Settings) -> Platform:
     app: ASGIApp = Router(handlers)
     if settings.auth_enabled:
         authenticators: dict[str, Authenticator] = {
-            BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings))
+            BEARER: BearerAuthenticator(TokenVerifier.from_settings(settings)),
+            CDS_CLIENT: CdsClientAuthenticator.from_settings(settings),
         }
         _check_authenticators(routes, authenticators)
         app = AuthMiddleware(app, authenticators)
@@ -161,6 +170,7 @@ def build_platform(settings: Settings) -> Platform:
         routes=routes,
         app=app,
         audit=audit,
+        cds=cds,
         monitor=monitor,
         dicom=dicom,
     )

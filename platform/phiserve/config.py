@@ -13,7 +13,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from phiserve.errors import ConfigurationError
@@ -30,6 +38,33 @@ class BatchingSettings(BaseModel):
     max_queue_delay_ms: float = Field(default=1.0, ge=0, le=1000)
     # Requests waiting beyond this many are refused with 503 + Retry-After, never queued.
     max_queue_size: PositiveInt = 512
+
+
+class CdsClient(BaseModel):
+    """One EHR trusted to call the CDS Hooks services (an entry of ``PHISERVE_CDS_CLIENTS``).
+
+    Its JWTs are verified against the keys in ``jwks_file`` or at ``jwks_url`` (one of the two);
+    a token whose ``jku`` header names a URL in ``jku`` is verified against that set instead.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iss: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # JWK Set URLs this client may name in a token's ``jku`` header (the spec's jku allow-list).
+    jku: list[str] = Field(default_factory=list, max_length=16)
+    # Services (model names) the client may discover and call; None: every CDS service.
+    services: list[str] | None = None
+    # FHIR server base URLs the client may send as ``fhirServer`` for us to fetch from (by
+    # prefix); None: any https server (plain http only on loopback).
+    fhir_servers: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> CdsClient:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError(f"CDS client {self.iss!r}: set one of jwks_file and jwks_url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -115,6 +150,31 @@ class Settings(BaseSettings):
     # --- telemetry -----------------------------------------------------------------------------
     metrics_enabled: bool = True
 
+    # --- CDS Hooks (phiserve.cds) ----------------------------------------------------------------
+    # The EHRs allowed to call, as a JSON list of CdsClient objects (see above).
+    cds_clients: list[CdsClient] = Field(default_factory=list)
+    # The public base URL EHRs call (e.g. https://cds.example.org behind an ingress): a client
+    # JWT's ``aud`` must be this plus the path called, and cards link the model card under it.
+    # Unset: this server's own address (http(s)://host:port).
+    cds_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    # ES384 and RS384 are the spec's recommendation; ES256 and RS256 are what many EHRs and the
+    # public sandbox sign with. Only asymmetric algorithms can be listed.
+    cds_jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["ES384", "RS384", "ES256", "RS256"]
+    )
+    # A client JWT may live at most this long (exp - now): it bounds the replay store.
+    cds_jwt_max_lifetime_s: float = Field(default=300.0, gt=0, le=3600)
+    # jtis remembered until their exp; when full of live ones, calls get 503 (fail closed).
+    cds_replay_cache_size: PositiveInt = 100_000
+    # Fetching missing prefetch from the EHR's FHIR server: the whole budget of one call, the
+    # largest response read, and how many pages of one search are followed.
+    cds_fhir_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    cds_fhir_max_response_bytes: PositiveInt = 16 * 1024 * 1024
+    cds_fhir_max_pages: PositiveInt = 10
+    # Cards issued are remembered (in memory) this long for feedback to join them, at most
+    # this many; feedback on a forgotten card gets 404.
+    cds_card_ttl_s: PositiveInt = 24 * 3600
+    cds_card_store_size: PositiveInt = 100_000
     # --- model monitoring (versions whose manifest has a "monitoring" block) ---------------------
     monitoring_enabled: bool = True
     # Drift window: the last this many predicted rows per model version.
@@ -155,9 +215,13 @@ class Settings(BaseSettings):
             raise ValueError("key_provider 'vault-transit' needs PHISERVE_VAULT_ADDR")
         if self.auth_enabled and self.jwks_url and self.jwks_file:
             raise ValueError("set one of jwks_file and jwks_url, not both")
-        bad = set(self.jwt_algorithms) - {"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"}
-        if bad:
+        asymmetric = {"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"}
+        if bad := set(self.jwt_algorithms) - asymmetric:
             raise ValueError(f"unsupported JWT algorithms: {sorted(bad)}")
+        if bad := set(self.cds_jwt_algorithms) - asymmetric:
+            raise ValueError(f"unsupported CDS client JWT algorithms: {sorted(bad)}")
+        if len({client.iss for client in self.cds_clients}) != len(self.cds_clients):
+            raise ValueError("cds_clients: each iss may appear once")
         return self
 
     # Derived paths: dev defaults live under ``home`` so one folder holds all local state.
@@ -185,6 +249,15 @@ class Settings(BaseSettings):
     def jwks_path(self) -> Path:
         """JWKS file used when no JWKS URL is configured."""
         return self.jwks_file or self.home / "keys" / "jwks.json"
+
+    @cached_property
+    def cds_url(self) -> str:
+        """The public base URL of the CDS services, without a trailing slash."""
+        if self.cds_base_url:
+            return self.cds_base_url.rstrip("/")
+        scheme = "https" if self.tls_cert_file else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     def batching_for(self, model: str) -> BatchingSettings:
         """Batching settings of one model: its override, or the default."""

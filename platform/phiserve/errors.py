@@ -84,6 +84,13 @@ class Conflict(PhiserveError):
     status = 409
 
 
+class PreconditionFailed(PhiserveError):
+    """Data the call needs is neither in the request nor obtainable (CDS Hooks: missing prefetch
+    and no FHIR server to fetch it from, or that server failed)."""
+
+    status = 412
+
+
 class PayloadTooLarge(PhiserveError):
     """The body exceeds the configured request size limit."""
 

@@ -18,7 +18,10 @@ from phiserve.app import build_platform
 from phiserve.audit import read_trail
 from phiserve.config import Settings
 from phiserve.crypto import key_provider_from_settings
+from phiserve.http.routing import RouteSpec
+from phiserve.security.cds_client import CDS_CLIENT
 from phiserve.service import Phiserve
+from tests.cds.clients import spec_ehr
 from tests.routes import TABLE
 from tests.server import ServerProcess, run_cli
 from tests.tokens import make_token
@@ -84,6 +87,11 @@ def test_every_phiserve_route_passes_the_stack(server: ServerProcess) -> None:
     everything = {"Authorization": f"Bearer {make_token(server.home, scope='emergency:access')}"}
     for spec in specs:
         url = f"{server.url}{_concrete(spec.template)}"
+
+        def credentials(url: str, spec: RouteSpec = spec) -> dict[str, str]:
+            # CDS Hooks routes take the trusted EHR's JWT for the exact URL, not a bearer token.
+            return spec_ehr().auth(url) if spec.auth == CDS_CLIENT else everything
+
         body = {
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": [0.1] * 30}]
         }
@@ -95,11 +103,11 @@ def test_every_phiserve_route_passes_the_stack(server: ServerProcess) -> None:
         else:
             assert anonymous.status_code == 401, spec.template
             # Past authentication and authorization, the route's own handler answers.
-            signed = httpx.request(spec.method, url, headers=everything, **kwargs)
+            signed = httpx.request(spec.method, url, headers=credentials(url), **kwargs)
             _stack_headers(signed)
             assert signed.status_code not in (401, 403, 405), (spec.template, signed.text)
             assert signed.json() != {"error": "no such route"}, spec.template
-        refused = httpx.request("DELETE", url, headers=everything)
+        refused = httpx.request("DELETE", url, headers=credentials(url))
         _stack_headers(refused)
         assert refused.status_code == 405, spec.template
     # The V2 routes answer 200 with a plain infer-and-metadata token and sample values.

@@ -36,6 +36,7 @@ class RouteKind(StrEnum):
     DOCS = "docs"  # the OpenAPI description (no data)
     METADATA = "metadata"  # server and model metadata, model readiness
     INFER = "infer"
+    CDS = "cds"  # CDS Hooks discovery, service calls and feedback (phiserve.cds)
     OUTCOME = "outcome"  # ground-truth labels for issued predictions (model monitoring)
 
 

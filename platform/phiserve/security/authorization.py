@@ -3,7 +3,10 @@
 ``infer:<model>`` or ``infer:*`` runs inference on a model; ``metadata:read`` or any infer scope
 that covers the model reads its metadata and readiness; server metadata (``GET /v2``) needs
 ``metadata:read`` or any infer scope. ``outcome:write`` posts ground-truth labels for issued
-predictions (model monitoring): a separate grant, so a client that infers cannot grade itself. The break-glass scope (emergency access, HIPAA
+predictions (model monitoring): a separate grant, so a client that infers cannot grade itself.
+CDS Hooks routes need ``cds:<model>`` or ``cds:*`` (the CDS client authenticator grants them from
+the client's configuration); discovery needs any CDS scope. The break-glass scope (emergency
+access, HIPAA
 164.312(a)(2)(ii)) opens everything, and every request made with it is flagged in the audit trail.
 """
 
@@ -20,6 +23,8 @@ BREAK_GLASS_SCOPE: Final = "emergency:access"
 METADATA_SCOPE: Final = "metadata:read"
 INFER_PREFIX: Final = "infer:"
 INFER_ANY: Final = "infer:*"
+CDS_PREFIX: Final = "cds:"
+CDS_ANY: Final = "cds:*"
 OUTCOME_SCOPE: Final = "outcome:write"
 # Model names echoed in a 403 (body and challenge header) only when they look like model names:
 # the path is client input and must not carry arbitrary text (or CR/LF) into a header.
@@ -29,6 +34,11 @@ _SAFE_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def infer_scope(model: str) -> str:
     """The scope that grants inference on ``model``."""
     return f"{INFER_PREFIX}{model}"
+
+
+def cds_scope(service: str) -> str:
+    """The scope that lets a CDS client call the CDS service ``service`` (a model name)."""
+    return f"{CDS_PREFIX}{service}"
 
 
 def is_allowed(principal: Principal, route: Route | None) -> bool:
@@ -48,6 +58,12 @@ def is_allowed(principal: Principal, route: Route | None) -> bool:
         if route.model is None:  # server metadata: any infer scope shows the caller is a client
             return any(s.startswith(INFER_PREFIX) for s in scopes)
         return infer_scope(route.model) in scopes
+    if route.kind is RouteKind.CDS:
+        if CDS_ANY in scopes:
+            return True
+        if route.model is None:  # discovery: lists only the services the client may call
+            return any(s.startswith(CDS_PREFIX) for s in scopes)
+        return cds_scope(route.model) in scopes
     return False  # a route kind this module does not know: refuse (fail closed)
 
 
@@ -56,6 +72,10 @@ def authorize(principal: Principal, route: Route | None) -> None:
     if is_allowed(principal, route):
         return
     assert route is not None  # unmatched routes are always allowed above
+    if route.kind is RouteKind.CDS:
+        service = route.model or ""
+        needed = cds_scope(service) if _SAFE_MODEL.match(service) else "cds:<service>"
+        raise InsufficientScope(f"this CDS client may not call {needed}")
     if route.kind is RouteKind.INFER:
         model = route.model or ""
         if _SAFE_MODEL.match(model):

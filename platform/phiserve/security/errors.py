@@ -71,7 +71,7 @@ class TokenNotYetValid(InvalidToken):
 
 
 class WrongIssuer(InvalidToken):
-    """``iss`` is not the configured OIDC issuer."""
+    """``iss`` is not the configured OIDC issuer (or not a trusted CDS client)."""
 
     default_message = "wrong issuer"
 
@@ -86,6 +86,18 @@ class MissingClaim(InvalidToken):
     """A required claim (``exp``, ``sub``, ``iss``, ``aud``) is absent."""
 
     default_message = "missing required claim"
+
+
+class TokenReplayed(InvalidToken):
+    """A CDS client JWT whose ``jti`` was already used (refused until its ``exp``)."""
+
+    default_message = "token already used (jti replayed)"
+
+
+class TokenLifetimeTooLong(InvalidToken):
+    """A CDS client JWT whose ``exp`` lies further ahead than the configured maximum."""
+
+    default_message = "token lifetime exceeds the allowed maximum"
 
 
 class InsufficientScope(Forbidden):

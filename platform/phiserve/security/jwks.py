@@ -227,7 +227,8 @@ class FileKeySet(KeySet):
         return self._clock() - self._read_at > self.max_age_s
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (``localhost`` or a loopback address)."""
     if host in (None, ""):
         return False
     if host == "localhost":
@@ -243,7 +244,7 @@ def check_jwks_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         return  # a local IdP or a test server on the loopback interface
     raise ConfigurationError("jwks_url must be an https URL (plain http only on loopback)")
 

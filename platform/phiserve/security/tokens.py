@@ -55,6 +55,17 @@ _SCOPE_OK = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 scope-t
 _MAX_SCOPES: Final = 256
 
 
+def asymmetric(algorithms: Iterable[str]) -> frozenset[str]:
+    """``algorithms`` as a set, if it is a non-empty set of asymmetric ones; else a start-up
+    error (``none`` and HMAC must never verify a token)."""
+    algs = frozenset(algorithms)
+    if not algs or not algs <= ASYMMETRIC_ALGORITHMS:
+        raise ConfigurationError(
+            f"JWT algorithms must be asymmetric: {sorted(algs - ASYMMETRIC_ALGORITHMS)}"
+        )
+    return algs
+
+
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     """Scopes from the standard ``scope`` string and/or an ``scp`` list (or string)."""
     found: list[str] = []
@@ -85,11 +96,7 @@ class TokenVerifier:
         cache_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        algs = frozenset(algorithms)
-        if not algs or not algs <= ASYMMETRIC_ALGORITHMS:
-            raise ConfigurationError(
-                f"JWT algorithms must be asymmetric: {sorted(algs - ASYMMETRIC_ALGORITHMS)}"
-            )
+        algs = asymmetric(algorithms)
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
@@ -210,7 +217,7 @@ class TokenVerifier:
                 leeway=self.leeway_s,
             )
         except jwt_errors.PyJWTError as exc:
-            raise _refusal(exc) from None
+            raise refusal(exc) from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not _SUBJECT_OK.match(subject):
             raise MalformedToken("malformed claim: sub")
@@ -264,8 +271,13 @@ class TokenVerifier:
         await asyncio.shield(inflight)
 
 
-def _refusal(exc: jwt_errors.PyJWTError) -> InvalidToken:
-    """Map a PyJWT error to our cause class; PyJWT's own message is never passed on."""
+def refusal(
+    exc: jwt_errors.PyJWTError, required: tuple[str, ...] = _REQUIRED_CLAIMS
+) -> InvalidToken:
+    """Map a PyJWT error to our cause class; PyJWT's own message is never passed on.
+
+    ``required`` names the claims a missing-claim message may name (the caller's required ones).
+    """
     match exc:
         case jwt_errors.ExpiredSignatureError():
             return TokenExpired()
@@ -276,7 +288,7 @@ def _refusal(exc: jwt_errors.PyJWTError) -> InvalidToken:
         case jwt_errors.InvalidAudienceError():
             return WrongAudience()
         case jwt_errors.MissingRequiredClaimError():
-            claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "claim"
+            claim = exc.claim if exc.claim in required else "claim"
             return MissingClaim(f"missing required claim: {claim}")
         case jwt_errors.InvalidSignatureError():
             return BadSignature()
