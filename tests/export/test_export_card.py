@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from phiserve.export import ExportedModel, complete_card, render_markdown
+from phiserve.export import ExportedModel, complete_card
 from phiserve.export.card import tensor_formats
+from phiserve.repository.card import render_markdown
 from tests.export.helpers import MODEL_NAMES
 
 REQUIRED = {

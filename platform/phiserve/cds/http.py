@@ -48,13 +48,13 @@ from phiserve.config import CdsClient, Settings
 from phiserve.context import RequestContext, get_context
 from phiserve.dataplane import DataPlane
 from phiserve.errors import NotFound, NotReady
-from phiserve.export.card import render_markdown
 from phiserve.fhir.features import FeatureVector, extract
 from phiserve.fhir.mapping import FhirMapping, mapping_of, prefetch_templates, required_prefetch
 from phiserve.fhir.parse import parse_resources
 from phiserve.http.io import parse_json_object, read_body, send_json, send_response
 from phiserve.http.routing import OPEN, Handler, RouteKind, RouteSpec
 from phiserve.model import Model
+from phiserve.repository.card import render_markdown
 from phiserve.security.authorization import CDS_ANY, cds_scope
 from phiserve.security.cds_client import CDS_CLIENT
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phiserve.cli.export import export_toolchain
 from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
-from phiserve.repository.build import build_models
 from phiserve.repository.store import ModelRepository
 
 
@@ -24,6 +24,7 @@ def init_cmd(args: argparse.Namespace) -> int:
     """Create what is missing; leave what exists alone."""
     from phiserve.security.devkeys import ensure_dev_keys
 
+    build_models = export_toolchain()
     settings = load_settings()
     provider = key_provider_from_settings(settings, create=True)
     ensure_dev_keys(settings)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phiserve.cli.export import export_toolchain
 from phiserve.config import load_settings
 from phiserve.crypto import key_provider_from_settings
 from phiserve.errors import IntegrityError, PhiserveError
-from phiserve.export import render_markdown
-from phiserve.repository.build import build_models
+from phiserve.repository.card import render_markdown
 from phiserve.repository.manifest import Manifest
 from phiserve.repository.store import ModelRepository
 
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_cmd(args: argparse.Namespace) -> int:
     """Publish a new version of each selected model."""
+    build_models = export_toolchain()
     settings = load_settings()
     provider = key_provider_from_settings(settings, create=True)
     repo = ModelRepository(settings.repository_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from phiserve.export.card import build_card, complete_card, render_markdown
+from phiserve.export.card import build_card, complete_card
 from phiserve.export.loader import load_export
 from phiserve.export.metrics import evaluate_binary
 from phiserve.export.parity import ParityError, check_parity, run_onnx
@@ -28,7 +28,6 @@ __all__ = [
     "complete_card",
     "evaluate_binary",
     "load_export",
-    "render_markdown",
     "run_onnx",
 ]
 

@@ -19,7 +19,8 @@ import onnx
 from phiserve.crypto.base import KeyProvider
 from phiserve.crypto.envelope import seal
 from phiserve.errors import ModelLoadError, NotFound
-from phiserve.export import ExportedModel, complete_card, render_markdown
+from phiserve.export import ExportedModel, complete_card
+from phiserve.repository.card import render_markdown
 from phiserve.repository.manifest import (
     CARD_FILE,
     MANIFEST_FILE,
