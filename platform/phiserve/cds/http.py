@@ -244,10 +244,7 @@ class CdsHandlers:
     async def model_card(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The version's model card, rendered from its authenticated manifest."""
         ctx = get_context(scope)
-        route = ctx.route
-        assert route is not None  # the router dispatched on it
-        model = self.dataplane.resolve(route.model, route.version, route.bad_version)
-        ctx.model, ctx.version = model.name, model.version
+        model = self.dataplane.resolve_for(ctx)
         text = render_markdown(model.manifest.card)
         ctx.outcome = "ok"
         await send_response(send, 200, text.encode(), [_MARKDOWN])

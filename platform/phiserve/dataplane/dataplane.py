@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phiserve import __version__
-from phiserve.errors import DeadlineExceeded
+from phiserve.errors import DeadlineExceeded, NotFound
 from phiserve.model import (
     InferenceRequest,
     InferenceResponse,
@@ -21,6 +21,9 @@ from phiserve.model import (
     select_outputs,
 )
 from phiserve.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from phiserve.context import RequestContext
 
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -75,6 +78,16 @@ class DataPlane:
     def resolve(self, name: str | None, version: int | None, bad_version: bool = False) -> Model:
         """The live model version a call names (see :meth:`ModelRegistry.resolve`)."""
         return self.registry.resolve(name, version, bad_version)
+
+    def resolve_for(self, ctx: RequestContext) -> Model:
+        """The model version the request's route names; recorded in ``ctx`` (for the audit
+        record, labels and spans) as the version actually served, after the version policy."""
+        route = ctx.route
+        if route is None:
+            raise NotFound("no such route")
+        model = self.resolve(route.model, route.version, route.bad_version)
+        ctx.model, ctx.version = model.name, model.version
+        return model
 
     def model_metadata(self, model: Model) -> dict[str, Any]:
         """A version's signature, with every live version and the policy's default."""

@@ -106,10 +106,7 @@ class DicomHandlers:
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read one or several instances, infer on each, answer per instance."""
         ctx = get_context(scope)
-        route = ctx.route
-        assert route is not None  # the router dispatched on it
-        model = self.dataplane.resolve(route.model, route.version, route.bad_version)
-        ctx.model, ctx.version = model.name, model.version
+        model = self.dataplane.resolve_for(ctx)
         spec = dicom_spec(model.hooks)
         if spec is None:
             raise UnsupportedMediaType(f"model {model.name!r} takes no DICOM input")

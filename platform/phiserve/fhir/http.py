@@ -67,10 +67,7 @@ class FhirHandlers:
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Bundle or Parameters in, RiskAssessment out."""
         ctx = get_context(scope)
-        route = ctx.route
-        assert route is not None  # the router dispatched on it
-        model = self.dataplane.resolve(route.model, route.version, route.bad_version)
-        ctx.model, ctx.version = model.name, model.version
+        model = self.dataplane.resolve_for(ctx)
         mapping = mapping_of(model)
         if mapping is None:
             raise NotFound(f"model {model.name!r} has no FHIR mapping")

@@ -50,10 +50,7 @@ class OutcomeHandlers:
     async def outcome(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Record one label."""
         ctx = get_context(scope)
-        route = ctx.route
-        assert route is not None  # the router dispatched on it
-        model = self.dataplane.resolve(route.model, route.version, route.bad_version)
-        ctx.model, ctx.version = model.name, model.version
+        model = self.dataplane.resolve_for(ctx)
         doc = parse_json_object(await read_body(scope, receive, _MAX_BODY), "outcome")
         prediction_id, label = doc.get("prediction_id"), doc.get("label")
         if set(doc) != {"prediction_id", "label"}:

@@ -19,7 +19,6 @@ from phiserve.dataplane import DataPlane
 from phiserve.errors import BadRequest
 from phiserve.http.io import JSON, header, read_body, send_json, send_response
 from phiserve.http.routing import OPEN, Handler, RouteKind, RouteSpec
-from phiserve.model import Model
 from phiserve.protocol.codecs import HEADER_LENGTH, decode_request, encode_response
 
 _OCTETS: Final = (b"content-type", b"application/octet-stream")
@@ -82,23 +81,15 @@ class V2Handlers:
         """Server name, version, extensions."""
         await send_json(send, 200, self.dataplane.server_metadata())
 
-    def _resolve(self, scope: Scope) -> Model:
-        ctx = get_context(scope)
-        route = ctx.route
-        assert route is not None  # the router dispatched on it
-        model = self.dataplane.resolve(route.model, route.version, route.bad_version)
-        ctx.model, ctx.version = model.name, model.version
-        return model
-
     async def model_metadata(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A version's signature."""
-        doc = self.dataplane.model_metadata(self._resolve(scope))
+        doc = self.dataplane.model_metadata(self.dataplane.resolve_for(get_context(scope)))
         get_context(scope).outcome = "ok"  # before the response starts: the audit reads it then
         await send_json(send, 200, doc)
 
     async def model_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Whether one version takes requests."""
-        model = self._resolve(scope)
+        model = self.dataplane.resolve_for(get_context(scope))
         ready = self.dataplane.model_ready(model)
         doc = {"name": model.name, "version": str(model.version), "ready": ready}
         get_context(scope).outcome = "ok" if ready else "overloaded"
@@ -107,7 +98,7 @@ class V2Handlers:
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Decode (JSON or binary tensors), infer, encode."""
         ctx = get_context(scope)
-        model = self._resolve(scope)
+        model = self.dataplane.resolve_for(ctx)
         body = await read_body(scope, receive, self.max_request_bytes)
         header_length = None
         if (raw := header(scope, _HEADER_LENGTH)) is not None:
