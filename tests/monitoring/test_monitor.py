@@ -240,7 +240,7 @@ def test_a_bad_block_fails_the_version_naming_the_field(
 
     failures = asyncio.run(main())
     assert list(failures) == [("scorer", 1)]
-    assert f"monitoring block: {cause}" in failures[("scorer", 1)]
+    assert f"extensions.monitoring.{cause}:" in failures[("scorer", 1)]
 
 
 def test_versions_without_a_block_are_not_monitored(make_registry) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from phiserve.errors import ModelLoadError
 from phiserve.model import ModelHook
@@ -55,18 +55,10 @@ class DicomHook(ModelHook):
 
 def dicom_hook(manifest: Manifest) -> DicomHook | None:
     """The hook factory: ``None`` when the manifest declares no DICOM block."""
-    block = manifest.extensions.get(EXTENSION)
-    if block is None:
+    spec = manifest.extension(EXTENSION, DicomPreprocessing)
+    if spec is None:
         return None
     where = f"model {manifest.name!r} version {manifest.version}: extensions.{EXTENSION}"
-    try:
-        spec = DicomPreprocessing.model_validate(block)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'block'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ModelLoadError(f"{where}.{problems}") from None
     inputs = {t.name: t for t in manifest.inputs}
     tensor = inputs.get(spec.input)
     if tensor is None:

@@ -17,11 +17,10 @@ scores the model cannot call either way at that level, around the decision thres
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from phiserve.errors import ConfigurationError
 from phiserve.model import InferenceRequest, InferenceResponse, RequestedOutput
@@ -128,28 +127,10 @@ class Confidence(_Strict):
         return tuple(outcomes)
 
 
-def validate_block(
-    kind: type[_Block], name: str, block: Mapping[str, Any], manifest: Manifest
-) -> _Block:
-    """``block`` as ``kind``; a :class:`ConfigurationError` naming the first bad field otherwise."""
-    try:
-        return kind.model_validate(block)
-    except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        path = "".join(f".{p}" for p in err["loc"])
-        raise ConfigurationError(
-            f"model {manifest.name!r} version {manifest.version}: "
-            f"extensions.{name}{path}: {err['msg']}"
-        ) from None
-
-
 def load_block(manifest: Manifest, name: str, kind: type[_Block]) -> _Block | None:
     """Extension ``name`` of ``manifest`` as ``kind`` (its ``score``, if any, checked against the
     signature), or ``None`` when the manifest has none."""
-    block = manifest.extensions.get(name)
-    if block is None:
-        return None
-    value = validate_block(kind, name, block, manifest)
+    value = manifest.extension(name, kind)
     score = getattr(value, "score", None)
     if isinstance(score, ScoreRef):
         score.check(manifest, name)

@@ -43,7 +43,6 @@ from typing import Any, Final
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import ValidationError
 
 from phiserve import telemetry
 from phiserve.config import Settings
@@ -182,24 +181,18 @@ class Monitor:
     def hook_factory(self, manifest: Manifest) -> ModelHook | None:
         """The registry's hook factory: a hook for versions whose manifest has a monitoring
         block; a bad block fails the version's load with a cause naming the field."""
-        raw = manifest.extensions.get(BLOCK)
-        if raw is None:
+        block = manifest.extension(BLOCK, MonitoringBlock)
+        if block is None:
             return None
-        where = f"model {manifest.name!r} version {manifest.version}: monitoring block"
-        try:
-            block = MonitoringBlock.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(block)"
-            raise ModelLoadError(f"{where}: {field}: {err['msg']}") from None
+        where = f"model {manifest.name!r} version {manifest.version}: extensions.{BLOCK}"
         inputs = {spec.name: spec for spec in manifest.inputs}
         if block.input not in inputs:
-            raise ModelLoadError(f"{where}: input: the model has no input {block.input!r}")
+            raise ModelLoadError(f"{where}.input: the model has no input {block.input!r}")
         if block.score.output not in {spec.name for spec in manifest.outputs}:
-            raise ModelLoadError(f"{where}: score.output: the model has no such output")
+            raise ModelLoadError(f"{where}.score.output: the model has no such output")
         width = inputs[block.input].shape[-1]
         if block.kind == "tabular" and width not in (-1, len(block.features)):
-            raise ModelLoadError(f"{where}: features: {len(block.features)} for {width} columns")
+            raise ModelLoadError(f"{where}.features: {len(block.features)} for {width} columns")
         window = Window(block, self.settings)
         self.windows[(manifest.name, manifest.version)] = window
         return MonitoringHook(self, window)

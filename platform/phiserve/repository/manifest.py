@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from phiserve.crypto.envelope import derive_key
+from phiserve.errors import ModelLoadError
+
+_Block = TypeVar("_Block", bound=BaseModel)
 
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILE = "model.onnx.enc"
@@ -76,6 +79,24 @@ class Manifest(BaseModel):
     extensions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encryption: dict[str, str]
     mac: str = ""
+
+    def extension(self, name: str, kind: type[_Block]) -> _Block | None:
+        """Extension block ``name`` validated as ``kind``, or ``None`` when there is none.
+
+        A block that does not validate fails the version's load with a cause naming the model,
+        the version and the first bad field (never its value).
+        """
+        block = self.extensions.get(name)
+        if block is None:
+            return None
+        try:
+            return kind.model_validate(block)
+        except ValidationError as exc:
+            err = exc.errors(include_input=False, include_url=False)[0]
+            path = "".join(f".{p}" for p in err["loc"])
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: extensions.{name}{path}: {err['msg']}"
+            ) from None
 
     def canonical_bytes(self) -> bytes:
         """The bytes the MAC covers: every field but ``mac``, in a canonical JSON form.
