@@ -1,9 +1,10 @@
 """What reading FHIR costs per request: fhir.resources validation vs the whole mapping.
 
-``python -m benchmarks.fhir_parse`` builds synthetic prefetches the way an EHR sends them (a
-Patient, an in-progress Encounter and a searchset Bundle of N Observations: hourly vital signs,
-blood-pressure panels, labs every 6 hours, all for the deterioration model's codes) and times,
-per request, on this process (no server):
+``python -m benchmarks.fhir_parse`` builds synthetic prefetches the way an EHR sends them (the
+CDS Hooks load user's :func:`phiserve_load.cds.synthetic_prefetch`: a Patient, an in-progress
+Encounter and a searchset Bundle of N Observations: hourly vital signs, blood-pressure panels,
+labs every 6 hours, all for the deterioration model's codes) and times, per request, on this
+process (no server):
 
 - ``json``: ``json.loads`` of the body (the floor any JSON API pays);
 - ``parse``: :func:`phiserve.fhir.parse.parse_resources`, i.e. fhir.resources' R4B validation;
@@ -22,7 +23,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -33,17 +34,10 @@ import yaml
 from phiserve.fhir.features import extract
 from phiserve.fhir.mapping import FhirMapping
 from phiserve.fhir.parse import parse_resources
+from phiserve_load.cds import synthetic_prefetch
 
 FEATURES = Path(__file__).resolve().parent.parent / "models" / "deterioration" / "features.yaml"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 PATIENT = "bench-patient"
-# (LOINC code, typical value, spread, UCUM unit); vitals hourly, labs every 6 hours.
-VITALS = [("8867-4", 84, 12, "/min"), ("9279-1", 18, 3, "/min"), ("8310-5", 37.0, 0.4, "Cel"),
-          ("59408-5", 96, 2, "%")]  # fmt: skip
-LABS = [("2160-0", 1.0, 0.3, "mg/dL"), ("2951-2", 139, 3, "mmol/L"), ("2823-3", 4.2, 0.4, "mmol/L"),
-        ("2339-0", 118, 25, "mg/dL"), ("6690-2", 8, 2, "10*3/uL"), ("718-7", 12.6, 1.5, "g/dL")]  # fmt: skip
 
 
 def deterioration_mapping() -> FhirMapping:
@@ -52,57 +46,6 @@ def deterioration_mapping() -> FhirMapping:
     return FhirMapping.model_validate(
         {**spec, "features": [{**f, "impute": 0.0} for f in spec["features"]]}
     )
-
-
-def _observation(i: int, code: str, when: datetime, value: Any, unit: str) -> dict[str, Any]:
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": f"obs-{i}",
-        "meta": {"versionId": "1", "lastUpdated": when.isoformat(timespec="seconds")},
-        "status": "final",
-        "category": [{"coding": [{"system": CATEGORY, "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": LOINC, "code": code}]},
-        "subject": {"reference": f"Patient/{PATIENT}"},
-        "effectiveDateTime": when.isoformat(timespec="seconds"),
-    }
-    if isinstance(value, list):  # a blood-pressure panel
-        obs["component"] = [
-            {"code": {"coding": [{"system": LOINC, "code": c}]},
-             "valueQuantity": {"value": v, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}}
-            for c, v in value
-        ]  # fmt: skip
-    else:
-        obs["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
-    return obs
-
-
-def synthetic_prefetch(n_observations: int, now: datetime, seed: int = 0) -> dict[str, Any]:
-    """A CDS Hooks style prefetch: ``patient``, ``encounters`` and ``observations`` (searchset)
-    holding ``n_observations`` SYNTHETIC Observations, newest first."""
-    rng = np.random.default_rng(seed)
-    observations: list[dict[str, Any]] = []
-    hour = 0
-    while len(observations) < n_observations:
-        when = now - timedelta(hours=hour, minutes=int(rng.integers(0, 50)))
-        batch = [(c, round(float(rng.normal(m, s)), 2), u) for c, m, s, u in VITALS]
-        batch.append(("85354-9", [("8480-6", round(float(rng.normal(125, 15)))),
-                                  ("8462-4", round(float(rng.normal(75, 10))))], ""))  # fmt: skip
-        if hour % 6 == 0:
-            batch += [(c, round(float(rng.normal(m, s)), 2), u) for c, m, s, u in LABS]
-        for code, value, unit in batch[: n_observations - len(observations)]:
-            observations.append(_observation(len(observations), code, when, value, unit))
-        hour += 1
-    return {
-        "patient": {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": "1951-03-02"},
-        "encounters": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
-            "resourceType": "Encounter", "id": "bench-encounter", "status": "in-progress",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-            "subject": {"reference": f"Patient/{PATIENT}"},
-            "period": {"start": (now - timedelta(hours=40)).isoformat(timespec="seconds")}}}]},
-        "observations": {"resourceType": "Bundle", "type": "searchset", "total": len(observations),
-                         "entry": [{"fullUrl": f"https://ehr.example.org/fhir/Observation/{o['id']}",
-                                    "search": {"mode": "match"}, "resource": o} for o in observations]},
-    }  # fmt: skip
 
 
 def _timed(stages: dict[str, Callable[[], Any]], runs: int) -> dict[str, list[float]]:
@@ -122,7 +65,7 @@ def _timed(stages: dict[str, Callable[[], Any]], runs: int) -> dict[str, list[fl
 def measure(n: int, runs: int, mapping: FhirMapping) -> dict[str, Any]:
     """Timings (ms) of each stage for one prefetch of ``n`` Observations."""
     now = datetime.now(UTC)
-    body = json.dumps(synthetic_prefetch(n, now)).encode()
+    body = json.dumps(synthetic_prefetch(n, patient=PATIENT, now=now)).encode()
     docs = json.loads(body)
     resources = parse_resources(list(docs.values()), max_entries=10_000)
 

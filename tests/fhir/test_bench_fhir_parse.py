@@ -9,15 +9,15 @@ from benchmarks.fhir_parse import (
     deterioration_mapping,
     measure,
     report,
-    synthetic_prefetch,
 )
 from phiserve.fhir.features import extract
 from phiserve.fhir.parse import parse_resources
+from phiserve_load.cds import synthetic_prefetch
 
 
 def test_the_synthetic_prefetch_is_what_the_mapping_reads() -> None:
     now = datetime.now(UTC)
-    doc = synthetic_prefetch(100, now)
+    doc = synthetic_prefetch(100, patient=PATIENT, now=now)
     assert len(doc["observations"]["entry"]) == 100
     mapping = deterioration_mapping()
     fv = extract(

@@ -23,7 +23,7 @@ import uuid
 from typing import Any, Final
 
 from phiserve.clinical import ClinicalResult
-from phiserve.deferral.policy import MISSING_DATA, OUT_OF_RANGE, UNCERTAIN
+from phiserve.deferral.policy import reasons_text
 from phiserve.fhir.features import FeatureVector
 
 MAX_SUMMARY: Final = 139
@@ -42,11 +42,6 @@ _INDICATOR: Final = {
     "certain": "critical",
 }
 _URGENCY: Final = ("info", "warning", "critical")
-_REASON_TEXT: Final = {
-    UNCERTAIN: "the score lies where the model cannot tell the outcomes apart at its stated level",
-    MISSING_DATA: "too many required features are missing",
-    OUT_OF_RANGE: "a feature value lies outside its plausible range",
-}
 
 
 def indicator(result: ClinicalResult) -> str:
@@ -71,7 +66,7 @@ def detail(result: ClinicalResult, features: FeatureVector) -> str:
     band = f" (band: **{result.band}**)" if result.band else ""
     lines = [f"**Risk of {result.outcome}: {result.score:.1%}**{band}", ""]
     if result.deferred:
-        reasons = "; ".join(_REASON_TEXT.get(r, r) for r in result.defer_reasons)
+        reasons = reasons_text(result.defer_reasons)
         lines += [f"**Defer to human review:** {reasons}.", ""]
     if result.interval is not None and result.level is not None:
         low, high = result.interval

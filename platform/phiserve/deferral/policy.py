@@ -29,6 +29,19 @@ UNCERTAIN: Final = "uncertain"
 MISSING_DATA: Final = "missing_data"
 OUT_OF_RANGE: Final = "out_of_range"
 REASONS: Final = (UNCERTAIN, MISSING_DATA, OUT_OF_RANGE)
+# What each reason tells a clinician (CDS cards, the RiskAssessment note).
+REASON_TEXT: Final = {
+    UNCERTAIN: "the score lies where the model cannot tell the outcomes apart at its stated level",
+    MISSING_DATA: "too many required features are missing",
+    OUT_OF_RANGE: "a feature value lies outside its plausible range",
+}
+
+
+def reasons_text(reasons: tuple[str, ...] | list[str]) -> str:
+    """The reasons as one clause list, for people."""
+    return "; ".join(REASON_TEXT.get(r, r) for r in reasons)
+
+
 PREDICT: Final = "predict"
 DEFER: Final = "defer"
 

@@ -18,16 +18,12 @@ from datetime import datetime
 from typing import Any, Final
 
 from phiserve.clinical import ClinicalResult
+from phiserve.deferral.policy import reasons_text
 from phiserve.fhir.features import FeatureVector
 
 RISK_PROBABILITY: Final = "http://terminology.hl7.org/CodeSystem/risk-probability"
 MODEL_SYSTEM: Final = "urn:phiserve:model"
 PREDICTION_ID_SYSTEM: Final = "urn:phiserve:prediction-id"
-_REASON_TEXT: Final = {
-    "uncertain": "the score lies in the band where the conformal set holds both outcomes",
-    "missing_data": "too many required features are missing",
-    "out_of_range": "a feature value lies outside its plausible range",
-}
 
 
 def risk_assessment(
@@ -68,7 +64,7 @@ def risk_assessment(
         doc["basis"].append({"reference": features.encounter.reference})
     doc["basis"] += [{"reference": ref.reference} for ref in features.sources.values()]
     if result.deferred:
-        reasons = "; ".join(_REASON_TEXT.get(r, r) for r in result.defer_reasons)
+        reasons = reasons_text(result.defer_reasons)
         doc["note"] = [{"text": f"Defer to human review: {reasons}."}]
     return doc
 
