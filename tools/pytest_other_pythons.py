@@ -1,9 +1,10 @@
 """pytest plugin for CI's runs on the other supported Pythons (3.12, 3.13; see .ci/run).
 
-Those venvs carry no export toolchain: the export extra pins torch==2.13.0, whose only build for
-3.12 and 3.13 on PyPI is a CUDA one of several GB, so the export tests and every test that needs
-the example models (``built_home`` runs their export scripts) are left to the Python 3.11 run of
-``make test``. Everything else that is not marked slow runs.
+Those venvs carry the export extra but torch: it pins torch==2.13.0, whose only build for 3.12
+and 3.13 on PyPI is a CUDA one of several GB, so the export tests and every test that needs all
+the example models (``built_home`` runs their export scripts, torch's included) are left to the
+Python 3.11 run of ``make test``. Everything else that is not marked slow runs, the tabular
+example model's export (scikit-learn, skl2onnx) included.
 
     python -m pytest -p tools.pytest_other_pythons -m "not slow"
 """
