@@ -6,9 +6,11 @@ command (``phiserve serve`` from this checkout's venv) with the container's envi
 (ConfigMap envFrom, downward API, ``$(VAR)`` expansion), its mounts simulated by directories
 (emptyDirs empty, Secrets filled with what the operator would put there: the KEK and JWKS of a
 ``phiserve dev init`` home, configMaps from the render), and the model repository baked into the
-image at its image path. Then it calls the rendered startup, readiness and liveness probe paths,
-runs the rendered ``helm test`` pod's command (readiness plus one authenticated inference), and
-stops the server with SIGTERM within the rendered grace period.
+image at its image path. The render also registers one CDS Hooks client whose public key is
+inline in the values. Then it calls the rendered startup, readiness and liveness probe paths,
+runs the rendered ``helm test`` pod's command (readiness plus one authenticated inference), makes
+a CDS discovery call as that client, and stops the server with SIGTERM within the rendered grace
+period.
 
 Read-only root: where the machine allows a private mount namespace (root, ``unshare``), each
 container runs with ``/`` remounted read-only and only its writable mounts (emptyDirs not marked
@@ -18,6 +20,7 @@ Elsewhere the test falls back to checking that nothing new appeared in the worki
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,7 @@ import httpx
 import pytest
 
 import tests.server as server_mod
+from tests.cds.clients import Ehr, SigningKey
 from tests.helm.chart import find, parse, render_with
 from tests.server import ServerProcess, issue_token
 
@@ -49,6 +53,14 @@ FIELD_REFS = {
     "spec.nodeName": "ip-10-0-1-23.ec2.internal",
 }
 PHISERVE_BIN = Path(sys.executable).parent / "phiserve"
+# An EHR registered through the chart's values, its public key inline; it calls the public URL.
+EHR = Ehr("https://ehr.phiserve.invalid/", [SigningKey.generate("ES384")])
+CDS_VALUES = {
+    "cds": {
+        "baseUrl": "https://cds.phiserve.invalid",
+        "clients": [{"iss": EHR.iss, "jwks": EHR.jwks(), "fhirServers": []}],
+    }
+}
 
 
 def _ro_root_supported() -> bool:
@@ -165,7 +177,22 @@ class Pod:
                 env[e["name"]] = FIELD_REFS[e["valueFrom"]["fieldRef"]["fieldPath"]]
             else:
                 raise AssertionError(f"env source not simulated: {e}")
-        return {k: self.translate(container, v) if v.startswith("/") else v for k, v in env.items()}
+        return {k: self._translate_value(container, v) for k, v in env.items()}
+
+    def _translate_value(self, container: dict[str, Any], value: str) -> str:
+        if value.startswith("/"):
+            return self.translate(container, value)
+        if value.startswith("[{"):  # a JSON list of objects (PHISERVE_CDS_CLIENTS) names files too
+            return json.dumps(
+                [
+                    {
+                        k: self._translate_value(container, v) if isinstance(v, str) else v
+                        for k, v in item.items()
+                    }
+                    for item in json.loads(value)
+                ]
+            )
+        return value
 
     def isolation(self, container: dict[str, Any]) -> dict[str, str]:
         """Environment for the read-only-root wrapper: writable dirs and the /tmp stand-in."""
@@ -182,9 +209,12 @@ class Pod:
 
 
 @pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    # JSON, not YAML: helm's YAML 1.1 would read the JWK's bare ``y:`` key as true.
+    cds = tmp_path_factory.mktemp("values") / "cds.json"
+    cds.write_text(json.dumps(CDS_VALUES))
     return parse(
-        render_with(f"tests.tokenSecret.name={TOKEN_SECRET}", files=("examples/cpu.yaml",))
+        render_with(f"tests.tokenSecret.name={TOKEN_SECRET}", files=("examples/cpu.yaml", str(cds)))
     )
 
 
@@ -353,6 +383,25 @@ def test_authenticated_inference(ready: dict[str, Any], built_home: Path) -> Non
     r = httpx.post(f"{proc.url}/v2/models/breast-cancer/infer", json=body, headers=auth, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["outputs"]
+
+
+def test_cds_discovery_as_the_client_the_values_registered(pod: Pod, ready: dict[str, Any]) -> None:
+    """The inline JWKS reached the server as its mounted file, and cds.baseUrl is the audience:
+    the EHR signs for the public URL while the call reaches the pod directly (as behind the
+    Ingress); a token for the pod's own address is refused."""
+    proc: ServerProcess = ready["server"]
+    (client,) = json.loads(pod.env(ready["container"])["PHISERVE_CDS_CLIENTS"])
+    jwks = Path(client["jwks_file"])
+    assert json.loads(jwks.read_text()) == EHR.jwks()
+    assert stat.S_IMODE(jwks.stat().st_mode) == 0o444
+    public = CDS_VALUES["cds"]["baseUrl"] + "/cds-services"
+    r = httpx.get(f"{proc.url}/cds-services", headers=EHR.auth(public), timeout=10)
+    assert r.status_code == 200, r.text
+    assert [s["id"] for s in r.json()["services"]] == ["deterioration"]
+    wrong = httpx.get(
+        f"{proc.url}/cds-services", headers=EHR.auth(f"{proc.url}/cds-services"), timeout=10
+    )
+    assert wrong.status_code == 401
 
 
 def test_writes_stay_in_the_writable_mounts(pod: Pod, ready: dict[str, Any]) -> None:

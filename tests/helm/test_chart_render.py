@@ -174,6 +174,8 @@ def test_notes_warn_about_unsafe_defaults() -> None:
 # The schema rejects bad values
 # ------------------------------------------------------------------------------------------
 
+CDS_CLIENT = ["cds.baseUrl=https://cds.invalid", "cds.clients[0].iss=https://ehr.invalid/"]
+INLINE_KEY = ["cds.clients[0].jwks.keys[0].kty=EC", "cds.clients[0].jwks.keys[0].crv=P-384"]
 BAD_VALUES: dict[str, tuple[list[str], str]] = {
     "typo at the top": (["replicaCont=2"], "replicaCont"),
     "typo nested": (["image.tagg=1.0"], "tagg"),
@@ -203,6 +205,35 @@ BAD_VALUES: dict[str, tuple[list[str], str]] = {
     "bad image digest": (["image.digest=sha256:xyz"], "image.digest"),
     "bad cidr": (["networkPolicy.ingress.cidrs[0]=10.0.0.0"], "cidrs"),
     "unknown pull policy": (["image.pullPolicy=Sometimes"], "pullPolicy"),
+    "CDS client with both jwks and jwksUrl": (
+        [*CDS_CLIENT, "cds.clients[0].jwksUrl=https://ehr.invalid/jwks", *INLINE_KEY],
+        "cds.clients.0",
+    ),
+    "CDS client with neither jwks nor jwksUrl": (CDS_CLIENT, "cds.clients.0"),
+    "non-https CDS client JWKS URL": (
+        [*CDS_CLIENT, "cds.clients[0].jwksUrl=http://ehr.invalid/jwks"],
+        "cds.clients.0.jwksUrl",
+    ),
+    "private key in an inline CDS JWKS": (
+        [*CDS_CLIENT, *INLINE_KEY, "cds.clients[0].jwks.keys[0].d=c2VjcmV0"],
+        "property d|properties 'd'",
+    ),
+    "symmetric key in an inline CDS JWKS": (
+        [*CDS_CLIENT, "cds.clients[0].jwks.keys[0].kty=oct", "cds.clients[0].jwks.keys[0].k=a2V5"],
+        "cds.clients.0.jwks.keys.0",
+    ),
+    "non-https CDS FHIR server": (
+        [*CDS_CLIENT, *INLINE_KEY, "cds.clients[0].fhirServers[0]=http://fhir.invalid/r4"],
+        "fhirServers",
+    ),
+    "non-https CDS base URL": (["cds.baseUrl=http://cds.invalid"], "cds.baseUrl"),
+    "HMAC CDS algorithm": (["cds.jwt.algorithms[0]=HS256"], "cds.jwt.algorithms"),
+    "more DICOM instances than the audit record holds": (
+        ["dicom.maxInstances=33"],
+        "dicom.maxInstances",
+    ),
+    "zero FHIR entries": (["fhir.maxEntries=0"], "fhir.maxEntries"),
+    "zero PSI threshold": (["monitoring.psiThreshold=0"], "monitoring.psiThreshold"),
 }
 
 
@@ -235,6 +266,19 @@ BAD_COMBINATIONS: dict[str, tuple[list[str], str]] = {
     "pvc source without a claim": (["modelRepository.source=pvc"], "existingClaim"),
     "otel without an endpoint": (["otel.enabled=true"], "otel.endpoint"),
     "s3 models without a region": (["modelRepository.s3.bucket=models-bucket"], "region"),
+    "CDS clients without a base URL": (
+        ["cds.clients[0].iss=https://ehr.invalid/", "cds.clients[0].jwksUrl=https://ehr.invalid/j"],
+        "cds.clients needs cds.baseUrl",
+    ),
+    "a CDS client iss twice": (
+        [
+            *CDS_CLIENT,
+            "cds.clients[0].jwksUrl=https://ehr.invalid/j",
+            "cds.clients[1].iss=https://ehr.invalid/",
+            "cds.clients[1].jwksUrl=https://ehr.invalid/k",
+        ],
+        "appears twice",
+    ),
 }
 
 

@@ -100,6 +100,18 @@ image
 {{- end -}}
 
 
+{{/* A value as a PHISERVE_* variable: a list as JSON, a whole number without an exponent (YAML
+     numbers are floats: 16777216 would print as 1.6777216e+07, which an integer setting refuses) */}}
+{{- define "phiserve.envValue" -}}
+{{- if kindIs "slice" . -}}
+{{- toJson . -}}
+{{- else if and (kindIs "float64" .) (eq . (float64 (int64 .))) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "phiserve.scheme" -}}
 {{- ternary "HTTPS" "HTTP" .Values.tls.enabled -}}
 {{- end -}}
@@ -120,6 +132,8 @@ image
 {{- define "phiserve.homePath" -}}/var/lib/phiserve/home{{- end -}}
 {{- define "phiserve.secretsPath" -}}/etc/phiserve/secrets{{- end -}}
 {{- define "phiserve.kekPath" -}}/var/run/phiserve/kek{{- end -}}
+
+{{- define "phiserve.cdsJwksPath" -}}/etc/phiserve/cds-jwks{{- end -}}
 
 {{- define "phiserve.kekFile" -}}
 {{- printf "%s/kek.json" (include "phiserve.kekPath" .) -}}
@@ -144,6 +158,45 @@ image
 
 {{- define "phiserve.usesJwksFile" -}}
 {{- if and .Values.auth.enabled (not .Values.auth.jwks.url) -}}true{{- end -}}
+{{- end -}}
+
+{{/* CDS clients ------------------------------------------------------------------------ */}}
+
+{{/* ConfigMap key of the inline JWKS of cds.clients[i]; the argument is the index */}}
+{{- define "phiserve.cdsJwksKey" -}}
+{{- printf "client-%d.json" (int .) -}}
+{{- end -}}
+
+{{/* PHISERVE_CDS_CLIENTS: cds.clients in the server's spelling, an inline JWKS as its mounted file */}}
+{{- define "phiserve.cdsClients" -}}
+{{- $entries := list -}}
+{{- range $i, $c := .Values.cds.clients -}}
+{{- $entry := dict "iss" $c.iss -}}
+{{- if $c.jwks -}}
+{{- $_ := set $entry "jwks_file" (printf "%s/%s" (include "phiserve.cdsJwksPath" $) (include "phiserve.cdsJwksKey" $i)) -}}
+{{- else -}}
+{{- $_ := set $entry "jwks_url" $c.jwksUrl -}}
+{{- end -}}
+{{- with $c.jku }}{{ $_ := set $entry "jku" . }}{{ end -}}
+{{- /* absent: every service, any https FHIR server (the server's default); [] allows none */ -}}
+{{- if hasKey $c "services" }}{{ $_ := set $entry "services" $c.services }}{{ end -}}
+{{- if hasKey $c "fhirServers" }}{{ $_ := set $entry "fhir_servers" $c.fhirServers }}{{ end -}}
+{{- $entries = append $entries $entry -}}
+{{- end -}}
+{{- toJson $entries -}}
+{{- end -}}
+
+{{/* "true" when a CDS client's keys are inline (the cds-jwks ConfigMap is rendered) */}}
+{{- define "phiserve.cdsInlineJwks" -}}
+{{- range .Values.cds.clients }}{{ if .jwks }}true{{ end }}{{ end -}}
+{{- end -}}
+
+{{/* "true" when a CDS client makes the server call out: a JWKS or jku URL, or a FHIR server
+     (any https one unless fhirServers is given, empty for none) */}}
+{{- define "phiserve.cdsNeedsEgress" -}}
+{{- range .Values.cds.clients -}}
+{{- if or .jwksUrl .jku .fhirServers (kindIs "invalid" .fhirServers) }}true{{ end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Hardened container securityContext (restricted Pod Security Standard) */}}
@@ -224,6 +277,16 @@ seccompProfile:
 {{- end -}}
 {{- if and (eq $src "s3") (not (or .Values.modelRepository.s3.region .Values.keyProvider.awsKms.region)) -}}
 {{- fail "modelRepository.s3.bucket needs modelRepository.s3.region (or keyProvider.awsKms.region)" -}}
+{{- end -}}
+{{- if and .Values.cds.clients (not .Values.cds.baseUrl) -}}
+{{- fail "cds.clients needs cds.baseUrl: client JWTs name the public URL the EHR calls, which the pod cannot know" -}}
+{{- end -}}
+{{- $issuers := list -}}
+{{- range .Values.cds.clients -}}
+{{- if has .iss $issuers -}}
+{{- fail (printf "cds.clients: iss %q appears twice" .iss) -}}
+{{- end -}}
+{{- $issuers = append $issuers .iss -}}
 {{- end -}}
 {{- end -}}
 
