@@ -141,6 +141,10 @@ def run(config: LoadConfig) -> LoadResult:
             error,
         )
 
+    def call_headers() -> dict[str, str]:
+        # A CDS client signs every call (a fresh jti); a bearer token is the same each time.
+        return headers if auth is None else {**headers, "Authorization": auth()}
+
     def drop(intended: float, _step: int) -> None:
         if window["start"] <= time.time() <= window["end"]:
             record(time.time() - (time.perf_counter() - intended), 0.0, 0.0, 0.0, 0, DROPPED)
@@ -153,8 +157,7 @@ def run(config: LoadConfig) -> LoadResult:
 
         @task
         def infer(self) -> None:
-            each = headers if auth is None else {**headers, "Authorization": auth()}
-            self.client.post(payload.path, data=payload.body, headers=each, name="infer")
+            self.client.post(payload.path, data=payload.body, headers=call_headers(), name="infer")
 
     class OpenUser(FastHttpUser):
         host = config.host
@@ -172,7 +175,7 @@ def run(config: LoadConfig) -> LoadResult:
             self.client.post(
                 payload.path,
                 data=payload.body,
-                headers=headers,
+                headers=call_headers(),
                 name="infer",
                 context={"intended": intended, "sent": time.perf_counter()},
             )

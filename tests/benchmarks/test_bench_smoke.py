@@ -120,7 +120,8 @@ def test_serving_bench_tracing_against_tracing_off(built_home: Path, tmp_path: P
 
 def test_serving_bench_cds_hooks(built_home: Path, tmp_path: Path) -> None:
     proc = _run(
-        "benchmarks.serving", {**_tiny(built_home, tmp_path, "cds"), "BENCH_CDS_USERS": "2"}
+        "benchmarks.serving",
+        {**_tiny(built_home, tmp_path, "cds"), "BENCH_CDS_USERS": "2", "BENCH_CDS_RATE": "4"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -128,12 +129,16 @@ def test_serving_bench_cds_hooks(built_home: Path, tmp_path: Path) -> None:
     cells = _row(block, "CDS patient-view, 100 obs", "closed 2u")
     _assert_numbers(cells)
     assert cells[4] == "0.00%", cells  # every signed call answered with a card
+    cells = _row(block, "CDS patient-view, 100 obs", "open 4/s")
+    _assert_numbers(cells)
+    assert cells[4] == "0.00%", cells
+    assert re.search(rf"^\s+CDS call p99 ms, open 4/s\s+{NUMBER}", out, re.M), out
     assert re.search(rf"^\s+CDS call p99 ms, closed 2u\s+{NUMBER}\s+goal < 50", out, re.M), out
     # The parsing share comes from the server's own CPU counters: a real fraction.
     match = re.search(rf"^\s+CDS: FHIR parsing share of server CPU\s+({NUMBER})", out, re.M)
     assert match and 0 < float(match.group(1)) < 1, out
     report = json.loads((tmp_path / "serving-latest.json").read_text())
-    assert [r["key"] for r in report["results"]] == ["cds/closed"]
+    assert [r["key"] for r in report["results"]] == ["cds/closed", "cds/open"]
     assert report["fhir_parse"]["calls"] > 0
 
 
