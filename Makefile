@@ -43,9 +43,10 @@ serve: setup ## prepare dev keys and example models, then serve on 127.0.0.1:300
 test: setup tools prometheus ## run every test
 	$(BIN)/pytest
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint and format check, mypy on platform/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

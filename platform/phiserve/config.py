@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -268,7 +268,7 @@ class Settings(BaseSettings):
 CLIENT_VARIABLES = frozenset({"PHISERVE_TOKEN", "PHISERVE_TOKEN_FILE", "PHISERVE_URL"})
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:  # raw values: pydantic validates them
     """Read settings from the environment; a bad value is one :class:`ConfigurationError`.
 
     The message names each offending variable and what is wrong, never the value given (it may

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from types import FrameType
 
 import bentoml
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -69,7 +70,7 @@ def _install_lame_duck(platform: Platform) -> None:
     dataplane = platform.dataplane
     delay = platform.settings.drain_delay_s
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if dataplane.draining:
             uvicorn_handler(signum, frame)
             return
@@ -108,4 +109,5 @@ class Phiserve:
             await PlatformGate.platform.stop()
 
 
-Phiserve.add_asgi_middleware(PlatformGate)
+# mypy does not apply class decorators (python/mypy#3135): bentoml.service made this a Service.
+Phiserve.add_asgi_middleware(PlatformGate)  # type: ignore[attr-defined]

@@ -15,8 +15,8 @@ by the calls gives what parsing costs per call whatever else the machine runs.
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -31,7 +31,7 @@ class CdsMetrics:
         self._cards: Counter[tuple[str, str, str]] = Counter()
         self._feedback: Counter[tuple[str, str, str, str]] = Counter()
         self._reads: Counter[tuple[str, str]] = Counter()
-        self._fhir_cpu: Counter[str] = Counter()
+        self._fhir_cpu: defaultdict[str, float] = defaultdict(float)
 
     def card_issued(self, model: str, version: int, decision: str) -> None:
         """One card went out."""
@@ -67,21 +67,22 @@ class CdsMetrics:
     def collect(self) -> Iterator[Metric]:
         """Metric families for the registry (called at scrape time)."""
         with self._lock:
-            series = [
+            # (name, help, labels, [(label values, count)]): snapshots taken under the lock.
+            series: list[tuple[str, str, tuple[str, ...], Sequence[tuple[tuple[str, ...], float]]]] = [
                 ("cards", "CDS Hooks cards issued, by decision.",
-                 ("model", "version", "decision"), dict(self._cards)),
+                 ("model", "version", "decision"), list(self._cards.items())),
                 ("feedback", "CDS Hooks feedback joined to an issued card, by outcome and "
                  "override reason.", ("model", "version", "outcome", "reason"),
-                 dict(self._feedback)),
+                 list(self._feedback.items())),
                 ("fhir_reads", "Prefetch keys read from the EHR's FHIR server, by outcome.",
-                 ("key", "outcome"), dict(self._reads)),
+                 ("key", "outcome"), list(self._reads.items())),
                 ("fhir_cpu_seconds", "CPU seconds CDS calls spent reading FHIR: parse "
                  "(fhir.resources), extract (the feature mapping).", ("stage",),
-                 {(stage,): s for stage, s in self._fhir_cpu.items()}),
+                 [((stage,), s) for stage, s in self._fhir_cpu.items()]),
             ]  # fmt: skip
         for name, doc, labels, values in series:
             family = CounterMetricFamily(f"phiserve_cds_{name}", doc, labels=list(labels))
-            for key, value in values.items():
+            for key, value in values:
                 family.add_metric(list(key), value)
             yield family
 

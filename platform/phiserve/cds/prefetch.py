@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from phiserve.cds.fetch import FetchFailed, FhirReader, check_server
 from phiserve.cds.schema import CdsRequest
@@ -44,7 +44,7 @@ def fill(template: str, tokens: Mapping[str, str]) -> str | None:
     return None if missing else filled
 
 
-def usable(value: Any) -> bool:
+def usable(value: Any) -> TypeGuard[dict[str, Any]]:
     """Whether a prefetch value can be used as it is."""
     if not isinstance(value, dict) or value.get("resourceType") == "OperationOutcome":
         return False
@@ -82,8 +82,8 @@ async def gather(
 ) -> Prefetched:
     """The prefetch values of ``request``, completed from its FHIR server where possible."""
     out = Prefetched()
-    todo = [key for key in templates if not usable(request.prefetch.get(key))]
-    out.values = {key: request.prefetch[key] for key in templates if key not in todo}  # type: ignore[misc]
+    out.values = {key: value for key in templates if usable(value := request.prefetch.get(key))}
+    todo = [key for key in templates if key not in out.values]
     if not todo:
         return out
     auth = request.fhirAuthorization

@@ -89,15 +89,14 @@ def open_with_key(
     reads in place. The plaintext exists only once the tag verifies.
     """
     with memoryview(ciphertext) as view:
-        size = view.nbytes
-    if size < _TAG_BYTES:
-        raise IntegrityError("ciphertext is shorter than its authentication tag")
-    try:
-        return AESGCM(data_key).decrypt(header.nonce, ciphertext, aad)
-    except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
-        raise IntegrityError(
-            "ciphertext failed authentication (tampered, swapped or wrong key)"
-        ) from None
+        if view.nbytes < _TAG_BYTES:
+            raise IntegrityError("ciphertext is shorter than its authentication tag")
+        try:
+            return AESGCM(data_key).decrypt(header.nonce, view, aad)
+        except (InvalidTag, ValueError):  # ValueError: a nonce or key of the wrong length
+            raise IntegrityError(
+                "ciphertext failed authentication (tampered, swapped or wrong key)"
+            ) from None
 
 
 def derive_key(data_key: bytes, purpose: str) -> bytes:

@@ -33,13 +33,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from phiserve.crypto.base import WrappedKey
 from phiserve.crypto.local import context_aad
 from phiserve.errors import ConfigurationError, IntegrityError, KeyProviderError, PhiserveError
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
     from phiserve.config import Settings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class VaultTransitKeyProvider:
             )
         if client is None:
             hvac = _import_hvac()
-            raw_token = token.get_secret_value() if hasattr(token, "get_secret_value") else token
+            raw_token = token.get_secret_value() if isinstance(token, SecretStr) else token
             client = hvac.Client(
                 url=self.addr,
                 token=raw_token,

@@ -85,7 +85,7 @@ class DeferralHook(ModelHook):
         x = next(i.array for i in request.inputs if i.name == self.policy.input)
         x = np.asarray(x, np.float64).reshape(rows, -1)
         inside = (x >= self._low) & (x <= self._high)  # NaN is outside
-        return (~inside.all(axis=1)).tolist()
+        return (~np.all(inside, axis=1)).tolist()
 
 
 def deferral_hook(manifest: Manifest, counter: DeferralCounter = DEFERRALS) -> DeferralHook | None:

@@ -82,5 +82,7 @@ def resize(unit: np.ndarray, spec: DicomPreprocessing) -> np.ndarray:
     width = min(spec.width, max(1, round(columns * scale)))
     canvas = np.zeros((spec.height, spec.width), dtype=np.float32)
     top, left = (spec.height - height) // 2, (spec.width - width) // 2
-    canvas[top : top + height, left : left + width] = image.resize((width, height), resample)
+    canvas[top : top + height, left : left + width] = np.asarray(
+        image.resize((width, height), resample)
+    )
     return canvas

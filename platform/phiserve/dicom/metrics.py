@@ -49,8 +49,8 @@ class DicomMetrics:
             "DICOM instances received, by result (ok or the reason for refusal).",
             labels=["model", "version", "result"],
         )
-        for key, count in instances.items():
-            total.add_metric(list(key), count)
+        for series, number in instances.items():
+            total.add_metric(list(series), number)
         count = CounterMetricFamily(
             f"{self._ns}_dicom_preprocessed_instances",
             "DICOM instances decoded and preprocessed (or refused while decoding).",

@@ -8,6 +8,7 @@ are dropped as they arrive), so one oversized instance fails alone, as in STOW-R
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from python_multipart import MultipartParser
@@ -73,7 +74,7 @@ def split_related(
             raise PayloadTooLarge(f"more than {max_parts} instances in one request")
         parts.append(Part())
 
-    def header_part(kind: str) -> object:
+    def header_part(kind: str) -> Callable[[bytes, int, int], None]:
         return lambda data, start, end: header[kind].append(data[start:end])
 
     def header_end() -> None:

@@ -32,9 +32,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
-from fhir.resources.R4B import FHIRAbstractModel
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.resource import Resource
 
 from phiserve.errors import BadRequest, Unprocessable
 from phiserve.fhir.mapping import (
@@ -140,7 +140,7 @@ class FeatureVector:
 
 def extract(
     mapping: FhirMapping,
-    resources: Iterable[FHIRAbstractModel],
+    resources: Iterable[Resource],
     *,
     patient_id: str,
     now: datetime,
@@ -203,7 +203,7 @@ def extract(
     )
 
 
-def _index(resources: Iterable[FHIRAbstractModel]) -> dict[str, list[Any]]:
+def _index(resources: Iterable[Resource]) -> dict[str, list[Any]]:
     """Resources by type, duplicates resolved (see the module docstring)."""
     by_type: dict[str, list[Any]] = {"Patient": [], "Encounter": [], "Observation": []}
     versions: dict[tuple[str, str], str | None] = {}
@@ -244,7 +244,12 @@ def _observations(
     for obs in observations:
         if obs.status not in COUNTED_STATUSES:
             continue
-        fed = [t for c in obs.code.coding or () for t in targets.get((c.system, c.code), ())]
+        fed = [
+            t
+            for c in obs.code.coding or ()
+            if c.system is not None and c.code is not None
+            for t in targets.get((c.system, c.code), ())
+        ]
         if not fed or (when := _effective(obs)) is None:
             continue
         if when > now + future_skew:
@@ -297,8 +302,13 @@ def _encounter(
     mine = [e for e in encounters if e.subject and _refers(e.subject.reference, patient_id)]
     if encounter_id is not None:
         return next((e for e in mine if e.id == encounter_id), None)
-    current = [e for e in mine if e.status == "in-progress" and _encounter_start(e)]
-    return max(current, key=_encounter_start, default=None)
+    current = [
+        (start, e)
+        for e in mine
+        if e.status == "in-progress" and (start := _encounter_start(e)) is not None
+    ]
+    latest = max(current, key=lambda pair: pair[0], default=None)
+    return None if latest is None else latest[1]
 
 
 def _encounter_start(encounter: Encounter) -> datetime | None:

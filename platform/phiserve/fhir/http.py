@@ -91,6 +91,9 @@ class FhirHandlers:
         patients = {r.id for r in resources if r.get_resource_type() == "Patient"}
         if len(patients) != 1:
             raise Unprocessable("the request must hold exactly one Patient")
+        patient_id = patients.pop()
+        if patient_id is None:  # extract refuses any resource without an id in the same words
+            raise BadRequest("a Patient without an id cannot be cited as a basis")
         return extract(
-            mapping, resources, patient_id=patients.pop(), now=now, future_skew=self.future_skew
+            mapping, resources, patient_id=patient_id, now=now, future_skew=self.future_skew
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from fhir.resources.R4B import FHIRAbstractModel, get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
@@ -32,12 +32,13 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from phiserve.errors import BadRequest, PayloadTooLarge
 
 # The resource types the feature mapping reads, by resourceType.
-USED: Final[dict[str, type[FHIRAbstractModel]]] = {
+USED: Final[dict[str, type[Resource]]] = {
     "Patient": Patient,
     "Encounter": Encounter,
     "Observation": Observation,
@@ -47,9 +48,10 @@ _MAX_DEPTH: Final = 2
 # Field names echoed in error messages only when they look like FHIR element names.
 _SAFE_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 Found = tuple[str, str, dict[str, Any]]  # (location, resourceType, resource)
+_Model = TypeVar("_Model", bound=FHIRAbstractModel)
 
 
-def parse_resources(doc: Any, *, max_entries: int) -> list[FHIRAbstractModel]:
+def parse_resources(doc: Any, *, max_entries: int) -> list[Resource]:
     """The Patient, Encounter and Observation resources in ``doc``, validated, in order.
 
     Raises :class:`BadRequest` (malformed JSON shapes, unknown resource types, invalid
@@ -109,9 +111,7 @@ def _container(doc: dict[str, Any], where: str, depth: int) -> Iterator[Found]:
             yield from _walk(item["resource"], f"{where}.{field}[{n}].resource", depth + 1)
 
 
-def _validate(
-    model: type[FHIRAbstractModel], item: dict[str, Any], where: str
-) -> FHIRAbstractModel:
+def _validate(model: type[_Model], item: dict[str, Any], where: str) -> _Model:
     try:
         return model.model_validate(item)
     except ValidationError as exc:

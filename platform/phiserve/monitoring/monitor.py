@@ -343,9 +343,9 @@ class Monitor:
                 if value is not None:
                     psi.add_metric([*key, feature], value)
                     alert.add_metric([*key, feature], float(value > window.psi_threshold))
-            for feature in window.block.features:
-                missing.add_metric([*key, feature.name], drift.missing_rate[feature.name])
-                missing_ref.add_metric([*key, feature.name], feature.missing_rate)
+            for reference in window.block.features:
+                missing.add_metric([*key, reference.name], drift.missing_rate[reference.name])
+                missing_ref.add_metric([*key, reference.name], reference.missing_rate)
             for decision, count in list(window.decisions.items()):
                 decisions.add_metric([*key, decision], count)
             outcomes.add_metric(key, window.outcomes_total)
@@ -419,7 +419,7 @@ def _add(window: Window, observations: list[Observation], now: float) -> None:
             [
                 s if s is not None else image_statistics(x)
                 for s, x in zip(stats, inputs, strict=True)
-            ]  # type: ignore[arg-type]
+            ]
         )
     else:
         features = np.concatenate(inputs).astype(np.float64)

@@ -176,6 +176,8 @@ def reference_block(
                     feature_names=FEATURES)}
     """
     values = np.asarray(inputs, dtype=np.float64)
+    kind: Literal["tabular", "image"]
+    names: tuple[str, ...]
     if feature_names is None:
         kind, names, columns = "image", IMAGE_STATISTICS, image_statistics(values)
     else:
@@ -198,12 +200,14 @@ def reference_block(
         proportions=[1.0],
     )
     edges, proportions = _distribution(scores_of(score, score_output))
-    block = MonitoringBlock(
-        input=input_name,
-        kind=kind,
-        features=features,  # type: ignore[arg-type]  # validated from dicts
-        score=score.model_copy(update={"edges": edges, "proportions": proportions}),
-        psi_threshold=psi_threshold,
-        reference_rows=values.shape[0],
+    block = MonitoringBlock.model_validate(
+        {
+            "input": input_name,
+            "kind": kind,
+            "features": features,
+            "score": score.model_copy(update={"edges": edges, "proportions": proportions}),
+            "psi_threshold": psi_threshold,
+            "reference_rows": values.shape[0],
+        }
     )
     return block.model_dump(mode="json")

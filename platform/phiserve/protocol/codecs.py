@@ -28,14 +28,14 @@ from phiserve.model.types import (
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def _element_count(name: str, shape: Any) -> int:
+def _checked_shape(name: str, shape: Any) -> list[int]:
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
     if len(shape) > 16:
         raise BadRequest(f"input {name!r}: shape has {len(shape)} dimensions (at most 16)")
-    return math.prod(shape)
+    return shape
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -141,8 +141,8 @@ def decode_request(body: bytes, header_length: int | None, max_bytes: int) -> In
         datatype = raw.get("datatype")
         if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
             raise BadRequest(f"input {name!r}: unknown datatype {str(datatype)[:16]!r}")
-        shape = raw.get("shape")
-        count = _element_count(name, shape)
+        shape = _checked_shape(name, raw.get("shape"))
+        count = math.prod(shape)
         itemsize = V2_TO_NUMPY[datatype].itemsize if datatype != "BYTES" else 1
         # Refuse before allocating: a small body may declare a huge shape.
         if count * itemsize > max_bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
@@ -22,7 +22,7 @@ _Block = TypeVar("_Block", bound=BaseModel)
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILE = "model.onnx.enc"
 CARD_FILE = "MODEL_CARD.md"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 
 # V2 datatype names for ONNX tensor element types (onnx.TensorProto.DataType values).
 ONNX_TO_V2: dict[int, str] = {

@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 from urllib.error import HTTPError
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -89,7 +89,7 @@ def usable_keys(
     """
     raw = document.get("keys")
     declared = {
-        k.get("kid"): k.get("alg")
+        k.get("kid"): k["alg"]
         for k in (raw if isinstance(raw, list) else ())
         if isinstance(k, dict) and k.get("alg") is not None
     }
@@ -252,7 +252,15 @@ def check_jwks_url(url: str) -> None:
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to URLs that :func:`check_jwks_url` accepts (no https -> http)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         check_jwks_url(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 

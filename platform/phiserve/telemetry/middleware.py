@@ -35,6 +35,9 @@ from phiserve.telemetry import tracing
 from phiserve.telemetry.metrics import METRICS, Metrics
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,7 +87,8 @@ class TelemetryMiddleware:
         route = ctx.route
         tracer = tracing.get_tracer()
         span: Span | None = None
-        otel_token: object = None
+        otel_token: Token[Context] | None = None
+        flags: int
         if tracer is not None and (route is None or self.trace_open_routes or not route.is_open):
             method = scope["method"]
             if method not in tracing.HTTP_METHODS:
@@ -155,7 +159,8 @@ class TelemetryMiddleware:
                     model_label, version_label, ctx.route_template, status, elapsed
                 )
             if span is not None:
-                otel_context.detach(otel_token)  # type: ignore[arg-type]
+                if otel_token is not None:  # attached with the span
+                    otel_context.detach(otel_token)
                 if span.is_recording():
                     _finish_server_span(span, ctx, status, error, model_label, version_label)
 

@@ -57,6 +57,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from phiserve.errors import ConfigurationError, PhiserveError
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -174,12 +176,16 @@ def configure_tracing() -> TracingStatus:
 def _exporter(protocol: str) -> SpanExporter:
     """The SDK's OTLP span exporter for ``protocol``; it reads its own variables."""
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-            OTLPSpanExporter,
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
         )
-    return OTLPSpanExporter()
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter()
 
 
 def shutdown_tracing() -> None:
@@ -279,14 +285,15 @@ class _ChildSpan:
 
     def __init__(self, span: Span) -> None:
         self.span = span
-        self.token: object = None
+        self.token: Token[Context] | None = None
 
     def __enter__(self) -> Span:
         self.token = otel_context.attach(trace.set_span_in_context(self.span))
         return self.span
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        otel_context.detach(self.token)  # type: ignore[arg-type]
+        if self.token is not None:
+            otel_context.detach(self.token)
         if exc is not None:
             record_error(self.span, exc)
         self.span.end()
